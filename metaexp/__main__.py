@@ -1,0 +1,3 @@
+from metaexp.cli import main
+
+main()

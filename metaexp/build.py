@@ -1,0 +1,46 @@
+"""Compose the run's components from the config with `hydra.utils.instantiate`."""
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from metaexp.errors import MetaexpError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MetaexpError(
+            f"trainer.device={name} but this machine has no usable CUDA GPU (torch.cuda.is_available() is "
+            f"False). Use trainer.device=cpu or trainer.device=auto.")
+    return torch.device(name)
+
+
+def build(node: DictConfig, what: str, **kwargs):
+    """Instantiate one config node; an exception raised inside becomes a MetaexpError naming the node."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, MetaexpError):
+            raise cause
+        raise MetaexpError(f"Could not build the {what} from its config: {cause or error}. "
+                           f"Check the {what} settings (`metaexp train --cfg job` shows them).") from error
+
+
+def build_sampler(cfg: DictConfig, dataset, split: str, device: torch.device):
+    return build(cfg.sampler, "sampler", data=dataset.split(split), device=device)
+
+
+def build_algorithm(cfg: DictConfig, sampler):
+    """The algorithm over a fresh backbone, checked against the sampler's task shape before any training."""
+    model = build(cfg.backbone, "backbone")
+    algorithm = build(cfg.algorithm, "algorithm", model=model, objective=sampler.objective)
+    outputs = getattr(sampler, "ways", 1)
+    if algorithm.uses_head and model.head.out_features != outputs:
+        raise MetaexpError(
+            f"The backbone's head has {model.head.out_features} outputs but the tasks need {outputs} "
+            f"({type(sampler).__name__} with ways={outputs}). Leave backbone.out_features at its default "
+            f"(it follows sampler.ways) or set the two to the same value.")
+    return algorithm

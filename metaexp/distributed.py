@@ -1,0 +1,56 @@
+"""torch.distributed helpers for `torchrun ... -m metaexp train`: each rank runs its share of the meta-batch,
+meta-gradients are averaged, rank 0 alone writes."""
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(device: torch.device) -> None:
+    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1); otherwise do nothing."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def local_device(device: torch.device) -> torch.device:
+    """This rank's GPU under torchrun, or `device` itself."""
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+def average_gradients(params) -> None:
+    """All-reduce and average `.grad` across ranks, as one flat buffer."""
+    if world_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def average(value: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor across ranks."""
+    if world_size() > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world_size()
+    return value

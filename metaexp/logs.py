@@ -1,0 +1,89 @@
+"""Run records: metrics.jsonl (always), optional TensorBoard/W&B/MLflow sinks, the rich progress bar and
+the end-of-run summary table."""
+import json
+import logging
+import time
+from pathlib import Path
+
+from rich import get_console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+log = logging.getLogger("metaexp")
+console = get_console()
+
+
+class MetricsFile:
+    """Appends one JSON object per line to `<run>/metrics.jsonl`, flushed at once."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.file = self.path.open("a")
+
+    def write(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_metrics(path: Path) -> list:
+    """The rows of a metrics.jsonl file; a torn last line (a killed run) is skipped."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+class TrainingProgress:
+    """A rich progress bar with step, loss, the task metric, tasks/s and ETA."""
+
+    def __init__(self, total: int, start: int, metric: str, enabled: bool = True):
+        self.metric = metric
+        self.bar = Progress(
+            TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(),
+            TextColumn("loss {task.fields[loss]}  {task.fields[metric]}  {task.fields[speed]} tasks/s"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not enabled)
+        self.task = self.bar.add_task("train", total=total, completed=start, loss="-", metric="-", speed="-")
+
+    def __enter__(self):
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+
+    def update(self, step: int, row: dict | None = None) -> None:
+        fields = {}
+        if row is not None:
+            fields = dict(loss=f"{row['loss']:.4f}", metric=f"{self.metric} {row[self.metric]:.4f}",
+                          speed=f"{row['tasks_per_sec']:.0f}")
+        self.bar.update(self.task, completed=step, **fields)
+
+
+def summary_table(title: str, rows: dict) -> Table:
+    table = Table(title=title, show_header=False)
+    for key, value in rows.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    return table
+
+
+class Stopwatch:
+    """Seconds since start, and throughput since the last `lap`."""
+
+    def __init__(self, elapsed: float = 0.0):
+        self.start = time.perf_counter() - elapsed
+        self.last, self.last_count = time.perf_counter(), 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def lap(self, count: int) -> float:
+        now = time.perf_counter()
+        rate = (count - self.last_count) / max(now - self.last, 1e-9)
+        self.last, self.last_count = now, count
+        return rate

@@ -1,0 +1,99 @@
+"""TaskBatch and the samplers that draw whole meta-batches of tasks with batched tensor ops on the device."""
+from typing import NamedTuple
+
+import torch
+
+from metaexp.errors import MetaexpError
+from metaexp.objectives import CLASSIFICATION, REGRESSION
+
+ROTATIONS = 4
+
+
+class TaskBatch(NamedTuple):
+    """Support and query sets of B tasks: x `[B, n, ...]`, y `[B, n]` (labels 0..ways-1) or `[B, n, 1]`."""
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+
+    def to(self, device=None, dtype=None) -> "TaskBatch":
+        """Move to `device`; cast the floating-point tensors to `dtype`."""
+        def move(t):
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+        return TaskBatch(*(move(t) for t in self))
+
+    def __len__(self) -> int:
+        return self.support_x.shape[0]
+
+
+class RegressionSampler:
+    """Draws `shots` support and `queries` query points per task from a regression task family."""
+
+    objective = REGRESSION
+
+    def __init__(self, data, shots: int = 10, queries: int = 10, device="cpu"):
+        self.data, self.shots, self.queries, self.device = data, shots, queries, torch.device(device)
+
+    def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
+        x, y = self.data.sample(meta_batch, self.shots + self.queries, generator, self.device)
+        s = self.shots
+        return TaskBatch(x[:, :s], y[:, :s], x[:, s:], y[:, s:])
+
+
+class EpisodeSampler:
+    """N-way K-shot Q-query episodes from a `ClassSplit` held on the device; rotations add classes (x4)."""
+
+    objective = CLASSIFICATION
+
+    def __init__(self, data, ways: int = 5, shots: int = 1, queries: int = 15, rotations: bool = True,
+                 device="cpu"):
+        self.ways, self.shots, self.queries, self.rotations = ways, shots, queries, rotations
+        self.device = torch.device(device)
+        self.images = data.images.to(self.device)
+        self.offsets = data.class_offsets.to(self.device)
+        counts = self.offsets[1:] - self.offsets[:-1]
+        self.counts, self.max_count = counts, int(counts.max())
+        self.num_classes = len(counts) * (ROTATIONS if rotations else 1)
+        if ways > self.num_classes:
+            raise MetaexpError(
+                f"The sampler asks for {ways}-way episodes but the split has only {self.num_classes} classes. "
+                f"Lower sampler.ways or use a split with more classes.")
+        if shots + queries > int(counts.min()):
+            raise MetaexpError(
+                f"The sampler asks for {shots} shots + {queries} queries per class but the smallest class of the "
+                f"split has {int(counts.min())} examples. Lower sampler.shots or sampler.queries.")
+
+    def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
+        classes = torch.rand(meta_batch, self.num_classes, generator=generator, device=self.device)
+        classes = classes.argsort(dim=1)[:, :self.ways]
+        base, rotation = classes % len(self.counts), classes // len(self.counts)
+        per_class = self.shots + self.queries
+        keys = torch.rand(meta_batch, self.ways, self.max_count, generator=generator, device=self.device)
+        keys[torch.arange(self.max_count, device=self.device) >= self.counts[base].unsqueeze(-1)] = 2.0
+        rows = self.offsets[base].unsqueeze(-1) + keys.argsort(dim=-1)[..., :per_class]
+        return self.episodes(rows, rotation)
+
+    def episodes(self, rows: torch.Tensor, rotation: torch.Tensor) -> TaskBatch:
+        """Build a TaskBatch from dataset rows `[B, ways, shots+queries]` and per-class rotations `[B, ways]`."""
+        x = self.images[rows]
+        for quarter in range(1, ROTATIONS):
+            turned = rotation == quarter
+            if turned.any():
+                x[turned] = torch.rot90(x[turned], quarter, dims=(-2, -1))
+        x = x.float().div_(255.0)
+        b, ways = rows.shape[:2]
+        labels = torch.arange(ways, device=self.device).view(1, ways, 1)
+        y = labels.expand(b, ways, rows.shape[2])
+        s = self.shots
+        support_x, query_x = x[:, :, :s].flatten(1, 2), x[:, :, s:].flatten(1, 2)
+        return TaskBatch(support_x, y[:, :, :s].flatten(1), query_x, y[:, :, s:].flatten(1))
+
+
+SPLITS = ("train", "val", "test")
+
+
+def task_generator(seed: int, split: str, device, stream: int = 0) -> torch.Generator:
+    """The sampling generator for one split (and one rank's `stream`): distinct seeds, so test tasks never
+    repeat training tasks of a task family with no fixed split, such as the sinusoid."""
+    return torch.Generator(device).manual_seed((seed * len(SPLITS) + SPLITS.index(split)) * 1000 + stream)

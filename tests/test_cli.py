@@ -1,0 +1,145 @@
+"""The CLI end to end, in subprocesses, on the embedded sinusoid benchmark with tiny budgets."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from conftest import ROOT
+
+FAST = ["trainer.steps=6", "trainer.log_every=2", "trainer.val_every=3", "trainer.val_tasks=10",
+        "trainer.meta_batch=5", "trainer.device=cpu"]
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def stable(metrics):
+    return [{k: v for k, v in r.items() if k not in ("tasks_per_sec", "elapsed_s")} for r in metrics]
+
+
+def params(path):
+    return torch.load(path, weights_only=True)["params"]
+
+
+def test_help_lists_commands_and_config_groups(cli):
+    top = cli("--help")
+    assert top.returncode == 0 and all(c in top.stdout for c in ("train", "eval", "summarize"))
+    train_help = cli("train", "--help")
+    assert train_help.returncode == 0
+    for text in ("algorithm: ", "maml", "protonet", "dataset: ", "omniglot", "sampler: ", "trainer: "):
+        assert text in train_help.stdout
+    job = cli("train", "--cfg", "job", "algorithm=protonet", "dataset=omniglot")
+    assert job.returncode == 0 and "metaexp.algorithms.protonet.ProtoNet" in job.stdout
+    assert "metaexp.tasks.EpisodeSampler" in job.stdout and "metaexp.models.conv4.Conv4" in job.stdout
+
+
+def test_train_writes_run_directory_and_eval_scores_it(cli, tmp_path):
+    run = tmp_path / "run"
+    result = cli("train", *FAST, f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr
+    assert (run / ".hydra" / "config.yaml").is_file() and (run / "train.log").read_text()
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 6 and set(state) >= {"params", "optimizer", "generator", "config"}
+    assert (run / "checkpoints" / "best.pt").is_file()
+    metrics = rows(run)
+    assert {r["split"] for r in metrics} == {"train", "val"}
+    assert all({"step", "split", "loss", "mse", "tasks_per_sec", "elapsed_s"} <= set(r) for r in metrics)
+    assert [r["step"] for r in metrics if r["split"] == "train"] == [2, 4, 6]
+    assert "run directory" in result.stdout and str(run) in result.stdout
+
+    scored = cli("eval", f"checkpoint={run / 'checkpoints' / 'best.pt'}", "eval.episodes=50", "sampler.shots=5",
+                 "trainer.device=cpu")
+    assert scored.returncode == 0, scored.stderr
+    report = json.loads((run / "eval.json").read_text())
+    assert report["metric"] == "mse" and report["episodes"] == 50 and report["settings"]["sampler"]["shots"] == 5
+    assert report["ci95"] > 0 and report["mean"] > 0
+    assert "95% CI" in scored.stdout
+
+
+def test_same_seed_same_metrics(cli, tmp_path):
+    a, b, c = (tmp_path / n for n in "abc")
+    for run, seed in ((a, 0), (b, 0), (c, 1)):
+        assert cli("train", *FAST, f"seed={seed}", f"hydra.run.dir={run}").returncode == 0
+    assert stable(rows(a)) == stable(rows(b))
+    assert stable(rows(a)) != stable(rows(c))
+
+
+def test_resume_ends_with_the_same_parameters(cli, tmp_path):
+    straight, first, second = tmp_path / "straight", tmp_path / "first", tmp_path / "second"
+    assert cli("train", *FAST, f"hydra.run.dir={straight}").returncode == 0
+    assert cli("train", *FAST, "trainer.steps=4", f"hydra.run.dir={first}").returncode == 0
+    resumed = cli("train", *FAST, f"trainer.resume={first}", f"hydra.run.dir={second}")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = params(straight / "checkpoints/last.pt"), params(second / "checkpoints/last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    def train_rows(run):
+        return [r for r in stable(rows(run)) if r["split"] == "train"]
+    assert train_rows(second) == train_rows(straight)
+
+
+def test_sigint_saves_last_and_auto_resume_finishes_identically(cli, tmp_path):
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    slow = ["trainer.steps=400", "trainer.log_every=1", "trainer.val_every=1000", "trainer.val_tasks=10",
+            "trainer.meta_batch=5", "trainer.device=cpu"]
+    assert cli("train", *slow, f"hydra.run.dir={straight}").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "metaexp", "train", *slow, f"hydra.run.dir={run}"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not ((run / "metrics.jsonl").exists() and rows(run)) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    stopped = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert 0 < stopped < 400 and "trainer.resume=auto" in output
+    resumed = cli("train", *slow, "trainer.resume=auto", f"hydra.run.dir={run}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in (run / "train.log").read_text()
+    a, b = params(straight / "checkpoints/last.pt"), params(run / "checkpoints/last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unknown_option_lists_valid_ones(cli):
+    result = cli("train", "algorithm=nope")
+    assert result.returncode != 0
+    assert "nope" in result.stderr and "maml" in result.stderr and "protonet" in result.stderr
+
+
+def test_bad_checkpoints_give_clear_errors(cli, tmp_path):
+    missing = cli("eval", f"checkpoint={tmp_path / 'nothing.pt'}")
+    assert missing.returncode == 2 and "No checkpoint at" in missing.stdout
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x80\x02not a checkpoint at all")
+    result = cli("eval", f"checkpoint={corrupt}")
+    assert result.returncode == 2 and "not a readable checkpoint" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+    run = tmp_path / "run"
+    assert cli("train", *FAST, f"hydra.run.dir={run}").returncode == 0
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    state["config"]["backbone"]["_target_"] = "metaexp.models.nowhere.Missing"
+    broken = tmp_path / "broken.pt"
+    torch.save(state, broken)
+    result = cli("eval", f"checkpoint={broken}")
+    assert result.returncode == 2 and "cannot be rebuilt" in result.stdout
+
+
+def test_nan_loss_stops_without_touching_good_checkpoints(cli, tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", *FAST, f"hydra.run.dir={run}").returncode == 0
+    before = {n: (run / "checkpoints" / n).read_bytes() for n in ("last.pt", "best.pt")}
+    result = cli("train", *FAST, "trainer.steps=12", "algorithm.inner_lr=1e30", "trainer.resume=auto",
+                 f"hydra.run.dir={run}")
+    assert result.returncode == 2 and "loss became" in result.stdout
+    assert before == {n: (run / "checkpoints" / n).read_bytes() for n in ("last.pt", "best.pt")}
+
+
+def test_module_entrypoint_matches_console_script():
+    script = ROOT / ".venv" / "bin" / "metaexp"
+    if script.exists():
+        result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "summarize" in result.stdout
