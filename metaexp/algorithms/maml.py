@@ -20,8 +20,8 @@ class MAML(Algorithm):
     def init_params(self) -> dict:
         params = super().init_params()
         if self.per_step_lrs:
-            params.update({f"meta.lr.{k}": torch.full((self.inner_steps,), self.inner_lr)
-                           for k in self.adapted(params)})
+            params.update({f"meta.lr.{k}": torch.full((self.inner_steps,), self.inner_lr, dtype=v.dtype)
+                           for k, v in self.adapted(params).items()})
         return params
 
     def adapted(self, params: dict) -> dict:
