@@ -11,7 +11,8 @@ from metaexp.tasks import TaskBatch
 
 class MetaStep:
     def __init__(self, algorithm, params: dict, optimizer, device: torch.device, precision: str = "fp32",
-                 compile: bool = False, cuda_graph: bool = False, grad_clip: float | None = None):
+                 compile: bool = False, cuda_graph: bool = False, grad_clip: float | None = None,
+                 task_chunk="auto"):
         if precision not in ("fp32", "bf16"):
             raise MetaexpError(f"trainer.precision={precision} is not one of fp32, bf16.")
         if cuda_graph and device.type != "cuda":
@@ -26,12 +27,13 @@ class MetaStep:
             else contextlib.nullcontext
         self.meta_loss = torch.compile(algorithm.meta_loss) if compile else algorithm.meta_loss
         self.grad_clip, self.cuda_graph = grad_clip, cuda_graph
+        self.chunk = task_chunk_size(task_chunk, device)
         self.graph = None
 
     def eager(self, batch: TaskBatch, step: int):
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            objective, losses, scores = self.meta_loss(self.params, batch, step)
+            objective, losses, scores = self.meta_loss(self.params, batch, step, self.chunk)
         objective.backward()
         distributed.average_gradients(self.params.values())
         if self.grad_clip:
@@ -73,3 +75,11 @@ class MetaStep:
                 for k, v in state.items():
                     if torch.is_tensor(v):
                         v.copy_(saved_optim[p][k]) if p in saved_optim else v.zero_()
+
+
+def task_chunk_size(task_chunk, device: torch.device) -> int | None:
+    """Tasks per vmap chunk. `auto`: the whole meta-batch on a GPU; 4 on a CPU, where chunks whose
+    activations fit the cache beat one large batch (measured in benchmarks/bench_engine.py)."""
+    if task_chunk == "auto":
+        return None if device.type == "cuda" else 4
+    return task_chunk

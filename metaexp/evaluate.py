@@ -57,12 +57,13 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     state = checkpoint.load(path)
     path = path / "checkpoints" / "last.pt" if path.is_dir() else path
     run_cfg = OmegaConf.create(state["config"])
-    for key, value in cfg.sampler.items():
-        if value is not None:
-            if key not in run_cfg.sampler:
-                raise MetaexpError(f"sampler.{key} does not apply to this checkpoint's sampler "
-                                   f"({run_cfg.sampler._target_}); leave it unset.")
-            run_cfg.sampler[key] = value
+    protocol = run_cfg.get("test") or {}
+    chosen = {**(protocol.get("sampler") or {}), **{k: v for k, v in cfg.sampler.items() if v is not None}}
+    for key, value in chosen.items():
+        if key not in run_cfg.sampler:
+            raise MetaexpError(f"sampler.{key} does not apply to this checkpoint's sampler "
+                               f"({run_cfg.sampler._target_}); leave it unset.")
+        run_cfg.sampler[key] = value
     device = resolve_device(cfg.trainer.device)
     try:
         dataset = build(run_cfg.dataset, "dataset")
@@ -70,8 +71,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         algorithm = build_algorithm(run_cfg, sampler)
     except (MetaexpError, OmegaConfBaseException) as error:
         raise MetaexpError(f"The config saved in {path} cannot be rebuilt into a model: {error}") from error
-    if cfg.eval.inner_steps is not None:
-        algorithm.eval_inner_steps = cfg.eval.inner_steps
+    inner_steps = cfg.eval.inner_steps if cfg.eval.inner_steps is not None else protocol.get("inner_steps")
+    if inner_steps is not None:
+        algorithm.eval_inner_steps = inner_steps
     params = checked_params(algorithm.init_params(), state["params"], path)
     params = {k: v.to(device) for k, v in params.items()}
     generator = task_generator(cfg.seed, cfg.eval.split, device)

@@ -1,19 +1,18 @@
 """Per-task loss and score for the two kinds of task: classification and regression."""
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 
-@dataclass(frozen=True)
 class Objective:
-    """How one task is scored: `loss(pred, y)` to optimise and `score(pred, y)` to report as `metric`."""
+    """How one task is scored: `loss(pred, y)` to optimise and `score(pred, y)` to report as `metric`.
 
-    metric: str
-    higher_is_better: bool
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    A plain class, not a dataclass: Hydra would turn a dataclass argument of `instantiate` into a config.
+    """
+
+    def __init__(self, metric: str, higher_is_better: bool, loss: Callable, score: Callable):
+        self.metric, self.higher_is_better, self.loss, self.score = metric, higher_is_better, loss, score
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

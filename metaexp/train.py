@@ -59,6 +59,10 @@ def train(cfg: DictConfig) -> float:
     params = {k: v.to(device, dtype).requires_grad_() for k, v in algorithm.init_params().items()}
     extra = {"capturable": True} if cfg.trainer.cuda_graph else {}
     optimizer = build(cfg.optim, "optimizer", params=list(params.values()), **extra)
+    scheduler = build(cfg.scheduler, "scheduler", optimizer=optimizer) if cfg.get("scheduler") else None
+    if scheduler is not None and cfg.trainer.cuda_graph:
+        raise MetaexpError("trainer.cuda_graph=true replays a fixed step and cannot follow a learning-rate "
+                           "schedule; drop the scheduler or set trainer.cuda_graph=false.")
     generator = task_generator(cfg.seed, "train", device, distributed.rank())
     meta_batch = shard(cfg.trainer.meta_batch)
 
@@ -70,6 +74,8 @@ def train(cfg: DictConfig) -> float:
             for k, v in params.items():
                 v.copy_(state["params"][k])
         optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"][distributed.rank()])
         step, best, elapsed = state["step"], state["best"], state["elapsed_s"]
         carry_metrics(resume_from, run_dir, step)
@@ -87,14 +93,15 @@ def train(cfg: DictConfig) -> float:
         if distributed.is_main():
             checkpoint.save(run_dir / "checkpoints" / name, {
                 "params": {k: v.detach().cpu() for k, v in params.items()},
-                "optimizer": optimizer.state_dict(), "step": step, "best": best, "elapsed_s": clock.elapsed(),
+                "optimizer": optimizer.state_dict(), "step": step,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None, "best": best, "elapsed_s": clock.elapsed(),
                 "generator": gather_generator_states(generator), "metric": metric,
                 "config": OmegaConf.to_container(cfg, resolve=False)})
 
     log.info("run directory %s; %s on %s, %d parameters", run_dir, type(algorithm).__name__, device,
              sum(v.numel() for v in params.values()))
     meta_step = MetaStep(algorithm, params, optimizer, device, cfg.trainer.precision, cfg.trainer.compile,
-                         cfg.trainer.cuda_graph, cfg.trainer.grad_clip)
+                         cfg.trainer.cuda_graph, cfg.trainer.grad_clip, cfg.trainer.task_chunk)
     metrics = MetricsFile(run_dir) if distributed.is_main() else None
     clock = Stopwatch(elapsed)
     loss_sum = torch.zeros((), device=device)
@@ -106,6 +113,8 @@ def train(cfg: DictConfig) -> float:
         while step < cfg.trainer.steps:
             batch = train_tasks.sample(meta_batch, generator).to(dtype=dtype)
             losses, scores = meta_step(batch, step)
+            if scheduler is not None:
+                scheduler.step()
             loss_sum += losses.sum()
             score_sum += scores.sum()
             step += 1

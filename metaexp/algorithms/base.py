@@ -40,10 +40,11 @@ class Algorithm:
     def model_params(self, params: dict) -> dict:
         return {k: v for k, v in params.items() if not k.startswith("meta.")}
 
-    def meta_loss(self, params: dict, batch: TaskBatch, step: int | None = 0):
-        """(objective, per-task query losses [B], per-task scores [B]) for a meta-batch."""
+    def meta_loss(self, params: dict, batch: TaskBatch, step: int | None = 0, chunk: int | None = None):
+        """(objective, per-task query losses [B], per-task scores [B]) for a meta-batch, vmapped over the
+        tasks `chunk` at a time (None: all at once)."""
         task = partial(self.task_loss, step=step)
-        objectives, losses, scores = vmap(task, in_dims=(None, 0, 0, 0, 0))(params, *batch)
+        objectives, losses, scores = vmap(task, in_dims=(None, 0, 0, 0, 0), chunk_size=chunk)(params, *batch)
         return objectives.mean(), losses.detach(), scores.detach()
 
     def evaluate(self, params: dict, batch: TaskBatch):
