@@ -27,13 +27,14 @@ class MetaStep:
             else contextlib.nullcontext
         self.meta_loss = torch.compile(algorithm.meta_loss) if compile else algorithm.meta_loss
         self.grad_clip, self.cuda_graph = grad_clip, cuda_graph
-        self.chunk = task_chunk_size(task_chunk, device)
+        self.task_chunk = task_chunk
         self.graph = None
 
     def eager(self, batch: TaskBatch, step: int):
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            objective, losses, scores = self.meta_loss(self.params, batch, step, self.chunk)
+            chunk = task_chunk_size(self.task_chunk, self.device, batch)
+            objective, losses, scores = self.meta_loss(self.params, batch, step, chunk)
         objective.backward()
         distributed.average_gradients(self.params.values())
         if self.grad_clip:
@@ -77,9 +78,9 @@ class MetaStep:
                         v.copy_(saved_optim[p][k]) if p in saved_optim else v.zero_()
 
 
-def task_chunk_size(task_chunk, device: torch.device) -> int | None:
-    """Tasks per vmap chunk. `auto`: the whole meta-batch on a GPU; 4 on a CPU, where chunks whose
-    activations fit the cache beat one large batch (measured in benchmarks/bench_engine.py)."""
+def task_chunk_size(task_chunk, device: torch.device, batch: TaskBatch) -> int | None:
+    """Tasks per vmap chunk. `auto`: the whole meta-batch, except for images on a CPU, where chunks of 4 tasks
+    whose conv activations fit the cache beat one large batch (benchmarks/bench_engine.py measures it)."""
     if task_chunk == "auto":
-        return None if device.type == "cuda" else 4
+        return 4 if device.type == "cpu" and batch.support_x.dim() >= 5 else None
     return task_chunk

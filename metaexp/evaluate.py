@@ -9,26 +9,31 @@ from omegaconf.errors import OmegaConfBaseException
 
 from metaexp import checkpoint
 from metaexp.build import build, build_algorithm, build_sampler, resolve_device
+from metaexp.episodes import read_episodes, write_episodes
 from metaexp.errors import MetaexpError
 from metaexp.logs import console, summary_table
-from metaexp.tasks import TaskBatch, task_generator
+from metaexp.tasks import task_generator
 
 
-def evaluate_tasks(algorithm, params: dict, sampler, episodes: int, meta_batch: int,
-                   generator: torch.Generator, dtype=None):
-    """Per-episode query losses and scores (CPU tensors) over `episodes` sampled tasks."""
-    losses, scores = [], []
+def sampled_batches(sampler, episodes: int, meta_batch: int, generator: torch.Generator, record: list | None = None):
+    """`episodes` tasks in meta-batches; with `record`, their (rows, rotations) draws are appended to it."""
     for start in range(0, episodes, meta_batch):
-        batch = sampler.sample(min(meta_batch, episodes - start), generator)
-        loss, score = evaluate_batch(algorithm, params, batch.to(dtype=dtype))
-        losses.append(loss)
-        scores.append(score)
+        size = min(meta_batch, episodes - start)
+        if record is None:
+            yield sampler.sample(size, generator)
+        else:
+            record.append(sampler.draw(size, generator))
+            yield sampler.episodes(*record[-1])
+
+
+def evaluate_batches(algorithm, params: dict, batches, dtype=None):
+    """Per-episode query losses and scores (CPU tensors) over an iterable of TaskBatches."""
+    losses, scores = [], []
+    for batch in batches:
+        loss, score = algorithm.evaluate(params, batch.to(dtype=dtype))
+        losses.append(loss.float().cpu())
+        scores.append(score.float().cpu())
     return torch.cat(losses), torch.cat(scores)
-
-
-def evaluate_batch(algorithm, params: dict, batch: TaskBatch):
-    loss, score = algorithm.evaluate(params, batch)
-    return loss.float().cpu(), score.float().cpu()
 
 
 def mean_ci95(values: torch.Tensor) -> tuple:
@@ -76,11 +81,21 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         algorithm.eval_inner_steps = inner_steps
     params = checked_params(algorithm.init_params(), state["params"], path)
     params = {k: v.to(device) for k, v in params.items()}
-    generator = task_generator(cfg.seed, cfg.eval.split, device)
-    losses, scores = evaluate_tasks(algorithm, params, sampler, cfg.eval.episodes, cfg.eval.meta_batch, generator)
+    draws = None
+    if cfg.eval.episodes_file:
+        batches = read_episodes(Path(cfg.eval.episodes_file), sampler, dataset, cfg.eval.meta_batch)
+    else:
+        if cfg.eval.save_episodes and not hasattr(sampler, "draw"):
+            raise MetaexpError("eval.save_episodes works for classification episodes only.")
+        draws = [] if cfg.eval.save_episodes else None
+        batches = sampled_batches(sampler, cfg.eval.episodes, cfg.eval.meta_batch,
+                                  task_generator(cfg.seed, cfg.eval.split, device), draws)
+    losses, scores = evaluate_batches(algorithm, params, batches)
+    if draws is not None:
+        write_episodes(Path(cfg.eval.save_episodes), draws, sampler.shots, cfg.eval.split)
     metric = sampler.objective.metric
     mean, ci95 = mean_ci95(scores)
-    settings = {"split": cfg.eval.split, "seed": cfg.seed, "inner_steps": getattr(algorithm, "eval_inner_steps", None),
+    settings = {"split": cfg.eval.split, "seed": cfg.seed, "episodes_file": cfg.eval.episodes_file, "inner_steps": getattr(algorithm, "eval_inner_steps", None),
                 "sampler": {k: v for k, v in OmegaConf.to_container(run_cfg.sampler).items() if k != "_target_"}}
     report = {"metric": metric, "mean": mean, "ci95": ci95, "episodes": len(scores),
               "loss": losses.mean().item(), "checkpoint": str(path), "step": state["step"], "settings": settings}

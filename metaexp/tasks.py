@@ -65,6 +65,10 @@ class EpisodeSampler:
                 f"split has {int(counts.min())} examples. Lower sampler.shots or sampler.queries.")
 
     def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
+        return self.episodes(*self.draw(meta_batch, generator))
+
+    def draw(self, meta_batch: int, generator: torch.Generator) -> tuple:
+        """Dataset rows `[B, ways, shots+queries]` and quarter turns `[B, ways]` of a meta-batch."""
         classes = torch.rand(meta_batch, self.num_classes, generator=generator, device=self.device)
         classes = classes.argsort(dim=1)[:, :self.ways]
         base, rotation = classes % len(self.counts), classes // len(self.counts)
@@ -72,22 +76,31 @@ class EpisodeSampler:
         keys = torch.rand(meta_batch, self.ways, self.max_count, generator=generator, device=self.device)
         keys[torch.arange(self.max_count, device=self.device) >= self.counts[base].unsqueeze(-1)] = 2.0
         rows = self.offsets[base].unsqueeze(-1) + keys.argsort(dim=-1)[..., :per_class]
-        return self.episodes(rows, rotation)
+        return rows, rotation
 
     def episodes(self, rows: torch.Tensor, rotation: torch.Tensor) -> TaskBatch:
         """Build a TaskBatch from dataset rows `[B, ways, shots+queries]` and per-class rotations `[B, ways]`."""
-        x = self.images[rows]
-        for quarter in range(1, ROTATIONS):
-            turned = rotation == quarter
-            if turned.any():
-                x[turned] = torch.rot90(x[turned], quarter, dims=(-2, -1))
-        x = x.float().div_(255.0)
+        x = to_float(rotate(self.images[rows], rotation))
         b, ways = rows.shape[:2]
         labels = torch.arange(ways, device=self.device).view(1, ways, 1)
         y = labels.expand(b, ways, rows.shape[2])
         s = self.shots
         support_x, query_x = x[:, :, :s].flatten(1, 2), x[:, :, s:].flatten(1, 2)
         return TaskBatch(support_x, y[:, :, :s].flatten(1), query_x, y[:, :, s:].flatten(1))
+
+
+def rotate(images: torch.Tensor, quarters: torch.Tensor) -> torch.Tensor:
+    """Turn images `[..., H, W]` by `quarters` x 90 degrees; `quarters` indexes their leading dimensions."""
+    for quarter in range(1, ROTATIONS):
+        turned = quarters == quarter
+        if turned.any():
+            images[turned] = torch.rot90(images[turned], quarter, dims=(-2, -1))
+    return images
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels as floats in [0, 1]."""
+    return images.float().div_(255.0)
 
 
 SPLITS = ("train", "val", "test")

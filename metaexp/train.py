@@ -12,7 +12,7 @@ from metaexp import checkpoint, distributed
 from metaexp.build import build, build_algorithm, build_sampler, resolve_device
 from metaexp.engine import MetaStep
 from metaexp.errors import MetaexpError
-from metaexp.evaluate import evaluate_tasks
+from metaexp.evaluate import evaluate_batches, sampled_batches
 from metaexp.tasks import task_generator
 from metaexp.logs import MetricsFile, Stopwatch, TrainingProgress, console, read_metrics, summary_table
 
@@ -133,9 +133,10 @@ def train(cfg: DictConfig) -> float:
                 score_sum.zero_()
                 logged_at = step
             if step % cfg.trainer.val_every == 0 or final:
-                losses, scores = evaluate_tasks(algorithm, params, val_tasks, shard(cfg.trainer.val_tasks),
-                                                meta_batch, task_generator(cfg.seed, "val", device, distributed.rank()),
-                                                dtype)
+                val_generator = task_generator(cfg.seed, "val", device, distributed.rank())
+                losses, scores = evaluate_batches(
+                    algorithm, params, sampled_batches(val_tasks, shard(cfg.trainer.val_tasks), meta_batch,
+                                                       val_generator), dtype)
                 last_val = {"step": step, "split": "val", "loss": distributed.average(losses.mean()).item(),
                             metric: distributed.average(scores.mean()).item(), "tasks_per_sec": None,
                             "elapsed_s": clock.elapsed()}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metaexp.data.store import ClassSplit, cache_path, decode, from_classes, load_cache, save_cache
+from metaexp.data.store import ClassSplit, cache_path, decode, from_classes, load_cache, load_image, save_cache
 from metaexp.errors import MetaexpError
 
 log = logging.getLogger("metaexp.data")
@@ -53,6 +53,9 @@ class CIFAR100Splits:
             raise MetaexpError(f"dataset.scheme={scheme} is not one of cifar_fs, fc100.")
         self.root, self.scheme, self.image_size, self.download = Path(root).expanduser(), scheme, image_size, download
         self._classes = None
+
+    def preprocess(self, path: Path) -> torch.Tensor:
+        return load_image(path, self.image_size, 3)
 
     def split(self, name: str) -> ClassSplit:
         images, fine, coarse = self.load()
@@ -119,6 +122,9 @@ class MiniImageNet:
     def __init__(self, root, image_size: int = 84, channels: int = 3):
         self.root, self.image_size = Path(root).expanduser(), image_size
 
+    def preprocess(self, path: Path) -> torch.Tensor:
+        return load_image(path, self.image_size, 3)
+
     def split(self, name: str) -> ClassSplit:
         pickled = self.root / f"mini-imagenet-cache-{name}.pkl"
         if pickled.is_file():
@@ -149,6 +155,9 @@ class ImageFolder:
                  ratios=(0.64, 0.16, 0.20), split_seed: int = 0):
         self.root, self.image_size, self.channels = Path(root).expanduser(), image_size, channels
         self.classes, self.ratios, self.split_seed = classes, tuple(ratios), split_seed
+
+    def preprocess(self, path: Path) -> torch.Tensor:
+        return load_image(path, self.image_size, self.channels)
 
     def class_lists(self, available: list) -> dict:
         if self.classes:

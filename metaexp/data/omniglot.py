@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from metaexp.data.store import ClassSplit, cache_path, decode, from_classes, load_cache, open_zip, save_cache
+from metaexp.data.store import (ClassSplit, cache_path, decode, from_classes, load_cache, load_image, open_zip,
+                                save_cache)
 from metaexp.errors import MetaexpError
 
 log = logging.getLogger("metaexp.data")
@@ -46,6 +47,10 @@ class Omniglot:
         names = {"train": [n for n in trainval if alphabet(n) not in VINYALS_VAL],
                  "val": [n for n in trainval if alphabet(n) in VINYALS_VAL], "test": test}[name]
         return data.select(names)
+
+    def preprocess(self, path: Path) -> torch.Tensor:
+        """An image file resized and ink-inverted like the cached data set."""
+        return load_image(path, self.image_size, 1, invert=True)
 
     def load(self) -> ClassSplit:
         """All characters in canonical order (background then evaluation, alphabets and characters sorted)."""

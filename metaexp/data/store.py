@@ -56,6 +56,15 @@ def decode(blob: bytes, name: str, size: int, channels: int, invert: bool = Fals
     return 255 - pixels if invert else pixels
 
 
+def load_image(path: Path, size: int, channels: int, invert: bool = False) -> torch.Tensor:
+    """An image file as uint8 `[channels, size, size]`, preprocessed like the data set it joins."""
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as error:
+        raise MetaexpError(f"Cannot open the image {path} ({error.strerror}).") from error
+    return decode(blob, str(path), size, channels, invert)
+
+
 def open_zip(path: Path) -> zipfile.ZipFile:
     try:
         archive = zipfile.ZipFile(path)
