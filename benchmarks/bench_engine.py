@@ -31,7 +31,8 @@ def random_tasks(ways, shots, queries, meta_batch, device):
     return TaskBatch(images(ways * shots), labels(shots), images(ways * queries), labels(queries))
 
 
-def metaexp_step(config, device, cuda_graph):
+def metaexp_step(config, device, cuda_graph, batches=None):
+    """One timed step: a fixed random meta-batch, or a fresh one from `batches()` each step."""
     import torch
     from metaexp.algorithms.maml import MAML
     from metaexp.engine import MetaStep
@@ -42,11 +43,12 @@ def metaexp_step(config, device, cuda_graph):
     params = {k: v.to(device).requires_grad_() for k, v in algorithm.init_params().items()}
     optimizer = torch.optim.Adam(params.values(), lr=1e-3, capturable=cuda_graph)
     step = MetaStep(algorithm, params, optimizer, torch.device(device), cuda_graph=cuda_graph)
-    batch = random_tasks(ways, shots, queries, meta_batch, device)
-    return lambda: step(batch, 0)
+    fixed = random_tasks(ways, shots, queries, meta_batch, device)
+    return lambda: step(batches() if batches else fixed, 0)
 
 
-def learn2learn_step(config, device, cuda_graph):
+def learn2learn_step(config, device, cuda_graph, batches=None):
+    """learn2learn's loop over tasks; `batches()` gives a fresh list of (sx, sy, qx, qy) tasks each step."""
     import torch
     import torch.nn.functional as F
     import learn2learn as l2l
@@ -54,12 +56,12 @@ def learn2learn_step(config, device, cuda_graph):
     model = l2l.vision.models.OmniglotCNN(ways).to(device)
     maml = l2l.algorithms.MAML(model, lr=0.4, first_order=False)
     optimizer = torch.optim.Adam(maml.parameters(), lr=1e-3)
-    batch = random_tasks(ways, shots, queries, meta_batch, device)
+    fixed = random_tasks(ways, shots, queries, meta_batch, device)
 
     def step():
         optimizer.zero_grad()
         total = 0.0
-        for sx, sy, qx, qy in zip(*batch):
+        for sx, sy, qx, qy in (batches() if batches else zip(*fixed)):
             learner = maml.clone()
             for _ in range(steps):
                 learner.adapt(F.cross_entropy(learner(sx), sy))

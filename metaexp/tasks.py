@@ -70,12 +70,12 @@ class EpisodeSampler:
     def draw(self, meta_batch: int, generator: torch.Generator) -> tuple:
         """Dataset rows `[B, ways, shots+queries]` and quarter turns `[B, ways]` of a meta-batch."""
         classes = torch.rand(meta_batch, self.num_classes, generator=generator, device=self.device)
-        classes = classes.argsort(dim=1)[:, :self.ways]
+        classes = classes.topk(self.ways, dim=1).indices
         base, rotation = classes % len(self.counts), classes // len(self.counts)
         per_class = self.shots + self.queries
         keys = torch.rand(meta_batch, self.ways, self.max_count, generator=generator, device=self.device)
         keys[torch.arange(self.max_count, device=self.device) >= self.counts[base].unsqueeze(-1)] = 2.0
-        rows = self.offsets[base].unsqueeze(-1) + keys.argsort(dim=-1)[..., :per_class]
+        rows = self.offsets[base].unsqueeze(-1) + keys.topk(per_class, dim=-1, largest=False).indices
         return rows, rotation
 
     def episodes(self, rows: torch.Tensor, rotation: torch.Tensor) -> TaskBatch:
