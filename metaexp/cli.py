@@ -1,4 +1,5 @@
 """`metaexp train | eval | summarize`: each subcommand is a Hydra app over the configs in conf/."""
+import logging
 import sys
 from pathlib import Path
 
@@ -22,13 +23,17 @@ commands:
 
 
 def guarded(task, cfg: DictConfig):
-    """Run `task`; a MetaexpError ends a single run with its message and a non-zero exit."""
+    """Run `task`; a MetaexpError ends a single run with its message and a non-zero exit. In a sweep the job
+    records the error in <run>/error.txt and returns NaN, so the other jobs go on (SweepReport lists it)."""
     from metaexp.train import Interrupted
     try:
         return task(cfg)
     except MetaexpError as error:
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            run_dir = Path(HydraConfig.get().runtime.output_dir)
+            (run_dir / "error.txt").write_text(f"{error}\n")
+            logging.getLogger("metaexp").error("run %s failed: %s", run_dir, error)
+            return float("nan")
         console.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
         raise SystemExit(130 if isinstance(error, Interrupted) else 2)
 

@@ -28,6 +28,56 @@ class MetricsFile:
         self.file.close()
 
 
+class TensorBoardLogger:
+    """Each metrics row as TensorBoard scalars `<split>/<key>` at its step."""
+
+    def __init__(self, log_dir):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(str(log_dir))
+
+    def write(self, row: dict) -> None:
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key not in ("step",):
+                self.writer.add_scalar(f"{row['split']}/{key}", value, row["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbLogger:
+    """Each metrics row to Weights & Biases (`mode: offline` writes to <run>/wandb, no account needed)."""
+
+    def __init__(self, project: str, mode: str, dir, config: dict | None = None):
+        import wandb
+        self.run = wandb.init(project=project, mode=mode, dir=str(dir), config=config)
+
+    def write(self, row: dict) -> None:
+        self.run.log({f"{row['split']}/{k}": v for k, v in row.items() if k not in ("step", "split")},
+                     step=row["step"])
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MLflowLogger:
+    """Each metrics row to MLflow (a `file:` tracking URI keeps it local)."""
+
+    def __init__(self, tracking_uri: str, experiment: str):
+        import mlflow
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_experiment(experiment)
+        mlflow.start_run()
+
+    def write(self, row: dict) -> None:
+        self.mlflow.log_metrics({f"{row['split']}_{k}": v for k, v in row.items()
+                                 if isinstance(v, (int, float)) and k != "step"}, step=row["step"])
+
+    def close(self) -> None:
+        self.mlflow.end_run()
+
+
 def read_metrics(path: Path) -> list:
     """The rows of a metrics.jsonl file; a torn last line (a killed run) is skipped."""
     rows = []

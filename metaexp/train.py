@@ -1,6 +1,7 @@
 """The meta-training loop: sample tasks -> meta-step -> log -> validate -> checkpoint."""
 import json
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -48,6 +49,9 @@ def train(cfg: DictConfig) -> float:
     device = resolve_device(cfg.trainer.device)
     distributed.init_from_env(device)
     device = distributed.local_device(device)
+    if not distributed.is_main():
+        root = logging.getLogger()
+        root.handlers = [h for h in root.handlers if not isinstance(h, logging.FileHandler)]
     torch.manual_seed(cfg.seed)
     dtype = torch.float32
 
@@ -90,19 +94,23 @@ def train(cfg: DictConfig) -> float:
 
     def save(name: str) -> None:
         ensure_finite(0.0)
+        generator_states = gather_generator_states(generator)
         if distributed.is_main():
             checkpoint.save(run_dir / "checkpoints" / name, {
                 "params": {k: v.detach().cpu() for k, v in params.items()},
                 "optimizer": optimizer.state_dict(), "step": step,
                 "scheduler": scheduler.state_dict() if scheduler is not None else None, "best": best, "elapsed_s": clock.elapsed(),
-                "generator": gather_generator_states(generator), "metric": metric,
+                "generator": generator_states, "metric": metric,
                 "config": OmegaConf.to_container(cfg, resolve=False)})
 
     log.info("run directory %s; %s on %s, %d parameters", run_dir, type(algorithm).__name__, device,
              sum(v.numel() for v in params.values()))
+    if distributed.is_main():
+        (run_dir / "machine.json").write_text(json.dumps(describe_machine(device)) + "\n")
     meta_step = MetaStep(algorithm, params, optimizer, device, cfg.trainer.precision, cfg.trainer.compile,
                          cfg.trainer.cuda_graph, cfg.trainer.grad_clip, cfg.trainer.task_chunk)
-    metrics = MetricsFile(run_dir) if distributed.is_main() else None
+    metrics = [MetricsFile(run_dir), *([build(cfg.logger, "logger")] if cfg.get("logger") else [])] \
+        if distributed.is_main() else []
     clock = Stopwatch(elapsed)
     loss_sum = torch.zeros((), device=device)
     score_sum = torch.zeros((), device=device)
@@ -153,8 +161,8 @@ def train(cfg: DictConfig) -> float:
                     f"Stopped by {signal.Signals(stop.signal).name} at step {step}; {run_dir}/checkpoints/last.pt "
                     f"holds this step. Continue with the same command plus trainer.resume=auto (or "
                     f"trainer.resume={run_dir}).")
-    if metrics is not None:
-        metrics.close()
+    for sink in metrics:
+        sink.close()
     if distributed.is_main():
         console.print(summary_table("metaexp train", {
             "algorithm": cfg.algorithm._target_.rsplit(".", 1)[-1], "steps": step,
@@ -163,6 +171,13 @@ def train(cfg: DictConfig) -> float:
             "tasks/s": done_tasks / max(clock.elapsed() - elapsed, 1e-9), "wall time (s)": clock.elapsed(),
             "run directory": str(run_dir)}))
     return best
+
+
+def describe_machine(device: torch.device) -> dict:
+    """What ran this: the device (GPU card or CPU cores), process count and torch version."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
+    return {"device": name, "processes": distributed.world_size(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
 
 
 def shard(count: int) -> int:
@@ -174,9 +189,9 @@ def shard(count: int) -> int:
     return count // world
 
 
-def write(metrics: MetricsFile | None, row: dict) -> None:
-    if metrics is not None:
-        metrics.write(row)
+def write(sinks: list, row: dict) -> None:
+    for sink in sinks:
+        sink.write(row)
 
 
 def all_finite(params: dict) -> bool:

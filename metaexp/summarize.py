@@ -1,0 +1,197 @@
+"""`metaexp summarize DIR...`: one row per run (or per config, averaged over seeds) with validation and test
+metrics, published figures, steps, wall time, throughput and machine; a rich table, CSV or Markdown, and
+learning curves with `--plot`."""
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import yaml
+
+from metaexp.errors import MetaexpError
+from metaexp.logs import console, read_metrics
+
+COLUMNS = ["run", "test", "test metric", "published", "best val", "final val", "steps", "wall time (s)",
+           "tasks/s", "machine", "status"]
+
+
+def find_runs(paths: list) -> list:
+    """Run directories (holding .hydra/config.yaml) at or under the given paths, sorted."""
+    runs = set()
+    for path in map(Path, paths):
+        if not path.exists():
+            raise MetaexpError(f"{path} does not exist. Pass run directories or a multirun directory.")
+        for config in [path / ".hydra" / "config.yaml", *path.glob("**/.hydra/config.yaml")]:
+            if config.is_file():
+                runs.add(config.parent.parent)
+    if not runs:
+        raise MetaexpError(f"No runs under {', '.join(map(str, paths))}: a run directory holds .hydra/config.yaml "
+                           f"and metrics.jsonl, as `metaexp train` writes them (outputs/<date>/<time>/ or "
+                           f"outputs/multirun/<date>/<time>/<job>/).")
+    return sorted(runs)
+
+
+def describe(run: Path) -> list:
+    """One record per evaluation of a run (at least one, with the test fields empty)."""
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    overrides_file = run / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+    rows = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+    metric = next((k for r in rows for k in ("accuracy", "mse") if k in r), None)
+    higher = metric == "accuracy"
+    val = [r for r in rows if r["split"] == "val"]
+    train = [r for r in rows if r["split"] == "train" and r.get("tasks_per_sec")]
+    steps = max((r["step"] for r in rows), default=0)
+    planned = config.get("trainer", {}).get("steps")
+    status = "done" if steps and steps == planned else (f"stopped at step {steps}" if steps else
+                                                        f"failed: {last_error(run)}")
+    machine_file = run / "machine.json"
+    base = {
+        "run": str(run), "overrides": [o for o in overrides if not o.startswith("hydra.")],
+        "metric": metric, "val_curve": [(r["step"], r[metric]) for r in val] if metric else [],
+        "best val": (max if higher else min)(r[metric] for r in val) if val else None,
+        "final val": val[-1][metric] if val else None, "steps": steps,
+        "wall time (s)": max((r["elapsed_s"] for r in rows), default=None),
+        "tasks/s": sum(r["tasks_per_sec"] for r in train) / len(train) if train else None,
+        "machine": json.loads(machine_file.read_text())["device"] if machine_file.is_file() else None,
+        "status": status, "published_table": (config.get("test") or {}).get("published") or {}}
+    evals = sorted(run.glob("eval*.json"))
+    if not evals:
+        return [{**base, "test": None, "test metric": None, "test ci95": None, "published": None}]
+    records = []
+    for path in evals:
+        report = json.loads(path.read_text())
+        sampler = report["settings"]["sampler"]
+        setting = f"{sampler['ways']}w{sampler['shots']}s" if "ways" in sampler else f"K={sampler['shots']}"
+        records.append({**base, "test": setting, "test metric": report["mean"], "test ci95": report["ci95"],
+                        "episodes": report["episodes"], "published": base["published_table"].get(setting)})
+    return records
+
+
+def last_error(run: Path) -> str:
+    if (run / "error.txt").is_file():
+        return (run / "error.txt").read_text().strip()[:160]
+    for log in sorted(run.glob("*.log")):
+        lines = [l for l in log.read_text(errors="replace").splitlines() if "error" in l.lower()]
+        if lines:
+            return lines[-1].strip()[:160]
+    return "no metrics written"
+
+
+def label_runs(records: list) -> None:
+    """Name each record by the overrides that differ between runs (or its directory when none differ)."""
+    keys = {}
+    for r in records:
+        for o in r["overrides"]:
+            key, _, value = o.partition("=")
+            keys.setdefault(key, set()).add(value)
+    differing = {k for k, values in keys.items() if len(values) > 1 or any(
+        k not in {o.partition("=")[0] for o in r["overrides"]} for r in records)}
+    for r in records:
+        parts = [o for o in r["overrides"] if o.partition("=")[0] in differing]
+        r["label"] = " ".join(parts) or Path(r["run"]).name
+        r["config"] = " ".join(p for p in parts if not p.startswith("seed="))
+
+
+def by_config(records: list) -> list:
+    """Records averaged over seeds: one per (config, test setting)."""
+    groups = {}
+    for r in records:
+        groups.setdefault((r["config"], r["test"]), []).append(r)
+    merged = []
+    for (config, test), group in groups.items():
+        def mean(key):
+            values = [g[key] for g in group if g[key] is not None]
+            return sum(values) / len(values) if values else None
+        tests = [g["test metric"] for g in group if g["test metric"] is not None]
+        ci = (group[0]["test ci95"] if len(tests) == 1 else
+              1.96 * stdev(tests) / math.sqrt(len(tests)) if len(tests) > 1 else None)
+        merged.append({**group[0], "label": f"{config or 'all'} (n={len(group)})", "test metric": mean("test metric"),
+                       "test ci95": ci, "best val": mean("best val"), "final val": mean("final val"),
+                       "wall time (s)": mean("wall time (s)"), "tasks/s": mean("tasks/s"),
+                       "status": ", ".join(sorted({g["status"] for g in group})),
+                       "val_curves": [g["val_curve"] for g in group]})
+    return merged
+
+
+def stdev(values: list) -> float:
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def cells(r: dict) -> list:
+    def number(v, digits=4):
+        return "" if v is None else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+    test = "" if r["test metric"] is None else f"{r['test metric']:.4f} ± {r['test ci95']:.4f}"
+    return [r["label"], r["test"] or "", test, number(r["published"]), number(r["best val"]),
+            number(r["final val"]), str(r["steps"]), number(r["wall time (s)"], 5), number(r["tasks/s"]),
+            r["machine"] or "", r["status"]]
+
+
+def plot(records: list, path: Path, grouped: bool) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(figsize=(8, 5))
+    seen = set()
+    for r in records:
+        if r["label"] in seen:
+            continue
+        seen.add(r["label"])
+        curves = [c for c in (r.get("val_curves") if grouped else [r["val_curve"]]) if c]
+        if not curves:
+            continue
+        steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
+        values = [[dict(c)[s] for c in curves] for s in steps]
+        mean = [sum(v) / len(v) for v in values]
+        line, = axes.plot(steps, mean, label=r["label"])
+        if len(curves) > 1:
+            axes.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2,
+                              color=line.get_color())
+    metric = next((r["metric"] for r in records if r["metric"]), "metric")
+    axes.set_xlabel("step")
+    axes.set_ylabel(f"validation {metric}")
+    axes.set_title("learning curves" + (" (mean, band: min-max over seeds)" if grouped else ""))
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv: list) -> None:
+    parser = argparse.ArgumentParser(prog="metaexp summarize", description=__doc__)
+    parser.add_argument("dirs", nargs="+", help="run directories or multirun directories")
+    parser.add_argument("--by", choices=["run", "config"], default="run",
+                        help="one row per run, or per config averaged over seeds")
+    parser.add_argument("--csv", action="store_true", help="write CSV to standard output")
+    parser.add_argument("--markdown", action="store_true", help="write a Markdown table to standard output")
+    parser.add_argument("--plot", type=Path, help="write learning curves (validation metric vs step) to this PNG")
+    args = parser.parse_args(argv)
+    records = [record for run in find_runs(args.dirs) for record in describe(run)]
+    label_runs(records)
+    grouped = args.by == "config"
+    if grouped:
+        records = by_config(records)
+    table = [cells(r) for r in records]
+    if args.csv:
+        out = io.StringIO()
+        csv.writer(out).writerows([COLUMNS, *table])
+        sys.stdout.write(out.getvalue())
+    elif args.markdown:
+        sys.stdout.write("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n")
+        sys.stdout.writelines("| " + " | ".join(row) + " |\n" for row in table)
+    else:
+        from rich.table import Table
+        rich_table = Table(title=f"metaexp summarize ({len(records)} rows)")
+        for column in COLUMNS:
+            rich_table.add_column(column, overflow="fold")
+        for row in table:
+            rich_table.add_row(*row)
+        console.print(rich_table)
+    if args.plot:
+        plot(records, args.plot, grouped)
+        console.print(f"learning curves written to {args.plot}")
