@@ -3,6 +3,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from metaexp.errors import MetaexpError
 
@@ -21,7 +22,7 @@ def build(node: DictConfig, what: str, **kwargs):
     """Instantiate one config node; an exception raised inside becomes a MetaexpError naming the node."""
     try:
         return instantiate(node, **kwargs)
-    except InstantiationException as error:
+    except (InstantiationException, OmegaConfBaseException) as error:
         cause = error.__cause__
         if isinstance(cause, MetaexpError):
             raise cause

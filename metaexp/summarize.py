@@ -51,24 +51,55 @@ def describe(run: Path) -> list:
     machine_file = run / "machine.json"
     base = {
         "run": str(run), "overrides": [o for o in overrides if not o.startswith("hydra.")],
+        "preset": next((o.partition("=")[2] for o in overrides if o.startswith("experiment=")), None),
         "metric": metric, "val_curve": [(r["step"], r[metric]) for r in val] if metric else [],
         "best val": (max if higher else min)(r[metric] for r in val) if val else None,
         "final val": val[-1][metric] if val else None, "steps": steps,
         "wall time (s)": max((r["elapsed_s"] for r in rows), default=None),
         "tasks/s": sum(r["tasks_per_sec"] for r in train) / len(train) if train else None,
         "machine": json.loads(machine_file.read_text())["device"] if machine_file.is_file() else None,
-        "status": status, "published_table": (config.get("test") or {}).get("published") or {}}
+        "status": status, "published": None}
     evals = sorted(run.glob("eval*.json"))
     if not evals:
-        return [{**base, "test": None, "test metric": None, "test ci95": None, "published": None}]
+        return [{**base, "test": None, "test metric": None, "test ci95": None}]
     records = []
     for path in evals:
         report = json.loads(path.read_text())
         sampler = report["settings"]["sampler"]
-        setting = f"{sampler['ways']}w{sampler['shots']}s" if "ways" in sampler else f"K={sampler['shots']}"
+        setting = f"{sampler['ways']}w{sampler['shots']}s" if "ways" in sampler else f"{sampler['shots']}shot"
         records.append({**base, "test": setting, "test metric": report["mean"], "test ci95": report["ci95"],
-                        "episodes": report["episodes"], "published": base["published_table"].get(setting)})
+                        "episodes": report["episodes"]})
     return records
+
+
+def published_tables() -> dict:
+    """Each conf/experiment preset's published figures, keyed by test setting (e.g. {"5w1s": 0.988})."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    tables = {}
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        for path in sorted((conf / "experiment").glob("*.yaml")):
+            published = compose("train", overrides=[f"experiment={path.stem}"]).test.get("published")
+            table = OmegaConf.to_container(published) if published else {}
+            tables[path.stem] = {k: v for k, v in table.items() if v is not None}
+    return tables
+
+
+def attach_published(records: list, tables: dict) -> None:
+    for r in records:
+        if r["test"] is not None and r["preset"] in tables:
+            r["published"] = tables[r["preset"]].get(r["test"])
+
+
+def preset_records(records: list, tables: dict) -> list:
+    """A 'not yet run' record for each published setting of each preset that no run evaluated."""
+    done = {(r["preset"], r["test"]) for r in records if r["test metric"] is not None}
+    return [{"run": preset, "label": preset, "config": preset, "preset": preset, "overrides": [], "metric": None,
+             "val_curve": [], "test": setting, "test metric": None, "test ci95": None, "published": value,
+             "best val": None, "final val": None, "steps": 0, "wall time (s)": None, "tasks/s": None,
+             "machine": None, "status": "not yet run"}
+            for preset, table in tables.items() for setting, value in table.items() if (preset, setting) not in done]
 
 
 def last_error(run: Path) -> str:
@@ -170,12 +201,19 @@ def main(argv: list) -> None:
     parser.add_argument("--csv", action="store_true", help="write CSV to standard output")
     parser.add_argument("--markdown", action="store_true", help="write a Markdown table to standard output")
     parser.add_argument("--plot", type=Path, help="write learning curves (validation metric vs step) to this PNG")
+    parser.add_argument("--presets", action="store_true",
+                        help="add a 'not yet run' row for each published preset setting that no run evaluated")
     args = parser.parse_args(argv)
     records = [record for run in find_runs(args.dirs) for record in describe(run)]
     label_runs(records)
     grouped = args.by == "config"
     if grouped:
         records = by_config(records)
+    if args.presets or any(r["preset"] for r in records):
+        tables = published_tables()
+        attach_published(records, tables)
+        if args.presets:
+            records += preset_records(records, tables)
     table = [cells(r) for r in records]
     if args.csv:
         out = io.StringIO()

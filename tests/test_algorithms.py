@@ -216,3 +216,15 @@ def test_evaluation_matches_training_forward_and_needs_no_outer_graph():
     eval_losses, eval_scores = maml.evaluate(params, batch)
     assert torch.allclose(losses, eval_losses) and torch.equal(scores, eval_scores)
     assert not eval_losses.requires_grad
+
+
+def test_algorithm_backbone_pairs_that_cannot_work_are_refused():
+    from metaexp.errors import MetaexpError
+    from metaexp.models.mlp import MLP
+    from metaexp.objectives import REGRESSION
+    with pytest.raises(MetaexpError, match="cannot learn mse regression"):
+        ProtoNet(MLP(), REGRESSION, ways=5)
+    with pytest.raises(MetaexpError, match="this backbone has none"):
+        ANIL(Conv4(None, hidden=HIDDEN), CLASSIFICATION)
+    assert set(ProtoNet(Conv4(None, hidden=HIDDEN), CLASSIFICATION, ways=5).init_params()) == \
+        {k for k, _ in Conv4(5, hidden=HIDDEN).named_parameters() if not k.startswith("head.")}

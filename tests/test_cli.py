@@ -8,6 +8,7 @@ import time
 import torch
 
 from conftest import ROOT
+from test_omniglot import make_layout
 
 FAST = ["trainer.steps=6", "trainer.log_every=2", "trainer.val_every=3", "trainer.val_tasks=10",
         "trainer.meta_batch=5", "trainer.device=cpu"]
@@ -143,3 +144,17 @@ def test_module_entrypoint_matches_console_script():
     if script.exists():
         result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "summarize" in result.stdout
+
+
+def test_mismatched_algorithm_backbone_and_tasks_fail_before_training(cli, tmp_path):
+    no_head = cli("train", "algorithm=anil", "backbone.out_features=null", *FAST, f"hydra.run.dir={tmp_path / 'a'}")
+    assert no_head.returncode == 2 and "has none" in no_head.stdout
+    root = make_layout(tmp_path / "omniglot")
+    wrong_ways = cli("train", "algorithm=maml", "dataset=omniglot", f"dataset.root={root}", "dataset.download=false",
+                     "dataset.split_scheme=lake", "sampler.ways=5", "sampler.queries=1", "backbone.out_features=3",
+                     *FAST, f"hydra.run.dir={tmp_path / 'b'}")
+    assert wrong_ways.returncode == 2 and "head has 3 outputs but the tasks need 5" in wrong_ways.stdout
+    regression = cli("train", "algorithm=protonet", *FAST, f"hydra.run.dir={tmp_path / 'c'}")
+    assert regression.returncode == 2 and "sampler.ways" in regression.stdout
+    for name in "abc":
+        assert not (tmp_path / name / "checkpoints").exists()

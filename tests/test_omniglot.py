@@ -117,3 +117,16 @@ def test_vinyals_split_matches_the_published_class_lists(omniglot_root, tmp_path
         ours = data.split(split)
         assert {n.split("/", 1)[1] for n in ours.class_names} == published
         assert len(ours.images) == 20 * len(published)
+
+
+def test_protonet_trains_and_evaluates_on_real_omniglot(omniglot_root, cli, tmp_path):
+    run = tmp_path / "run"
+    trained = cli("train", "algorithm=protonet", "dataset=omniglot", f"dataset.root={omniglot_root}",
+                  "dataset.download=false", "trainer.steps=30", "trainer.meta_batch=2", "trainer.log_every=10",
+                  "trainer.val_every=30", "trainer.val_tasks=20", "trainer.device=cpu", f"hydra.run.dir={run}",
+                  timeout=600)
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
+    scored = cli("eval", f"checkpoint={run / 'checkpoints' / 'last.pt'}", "eval.episodes=100", "trainer.device=cpu")
+    report = __import__("json").loads((run / "eval.json").read_text())
+    assert scored.returncode == 0 and report["episodes"] == 100
+    assert report["mean"] > 0.5, "30 ProtoNet episodes on Omniglot already beat chance (0.2) by far"

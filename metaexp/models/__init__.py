@@ -1,4 +1,5 @@
-"""Backbones: each is `features` (an embedding network) followed by a linear `head`."""
+"""Backbones: each is `features` (an embedding network) followed by a linear `head` (none when
+`out_features` is null, for the embedding-only algorithms)."""
 import torch
 from torch.func import functional_call
 

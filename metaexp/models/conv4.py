@@ -28,7 +28,7 @@ class SpatialMean(nn.Module):
 class Conv4(nn.Module):
     """`layers` conv blocks of `hidden` filters; the embedding is the spatial mean or the flattened map."""
 
-    def __init__(self, out_features: int, in_channels: int = 1, image_size: int = 28, hidden: int = 64,
+    def __init__(self, out_features: int | None, in_channels: int = 1, image_size: int = 28, hidden: int = 64,
                  layers: int = 4, max_pool: bool = False, embedding: str = "mean"):
         super().__init__()
         widths = [in_channels] + [hidden] * layers
@@ -37,7 +37,7 @@ class Conv4(nn.Module):
         self.features = nn.Sequential(*blocks, reduce)
         with torch.no_grad():
             self.embedding_size = self.features(torch.zeros(2, in_channels, image_size, image_size)).shape[-1]
-        self.head = nn.Linear(self.embedding_size, out_features)
+        self.head = nn.Linear(self.embedding_size, out_features) if out_features else nn.Identity()
 
     def forward(self, x):
         return self.head(self.features(x))

@@ -26,13 +26,13 @@ class ResidualBlock(nn.Module):
 
 
 class ResNet12(nn.Module):
-    def __init__(self, out_features: int, in_channels: int = 3, channels=(64, 160, 320, 640)):
+    def __init__(self, out_features: int | None, in_channels: int = 3, channels=(64, 160, 320, 640)):
         super().__init__()
         widths = [in_channels, *channels]
         blocks = [ResidualBlock(i, o) for i, o in zip(widths[:-1], widths[1:])]
         self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.embedding_size = channels[-1]
-        self.head = nn.Linear(self.embedding_size, out_features)
+        self.head = nn.Linear(self.embedding_size, out_features) if out_features else nn.Identity()
 
     def forward(self, x):
         return self.head(self.features(x))

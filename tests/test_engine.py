@@ -1,0 +1,63 @@
+"""The meta-step engine: compiled and bf16 steps agree with the eager fp32 step; bad settings are refused."""
+import pytest
+import torch
+
+from metaexp.algorithms.maml import MAML
+from metaexp.data.sinusoid import Sinusoid
+from metaexp.engine import MetaStep, task_chunk_size
+from metaexp.errors import MetaexpError
+from metaexp.models.conv4 import Conv4
+from metaexp.models.mlp import MLP
+from metaexp.objectives import CLASSIFICATION, REGRESSION
+from metaexp.tasks import RegressionSampler, TaskBatch
+
+
+def run_steps(steps=3, **engine):
+    torch.manual_seed(0)
+    algorithm = MAML(MLP(), REGRESSION)
+    params = {k: v.requires_grad_() for k, v in algorithm.init_params().items()}
+    step = MetaStep(algorithm, params, torch.optim.Adam(params.values(), 1e-2), torch.device("cpu"), **engine)
+    sampler, generator = RegressionSampler(Sinusoid(), 10, 10), torch.Generator().manual_seed(0)
+    losses = [step(sampler.sample(25, generator), k)[0].mean().item() for k in range(steps)]
+    return losses, {k: v.detach() for k, v in params.items()}
+
+
+def test_compiled_step_matches_eager():
+    eager_losses, eager = run_steps()
+    compiled_losses, compiled = run_steps(compile=True)
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    assert all(torch.allclose(eager[k], compiled[k], rtol=1e-4, atol=1e-6) for k in eager)
+
+
+def test_bf16_step_tracks_fp32():
+    fp32_losses, fp32 = run_steps()
+    bf16_losses, bf16 = run_steps(precision="bf16")
+    assert bf16_losses == pytest.approx(fp32_losses, rel=0.05)
+    assert bf16_losses != fp32_losses, "autocast should change the arithmetic"
+    assert all(torch.isfinite(v).all() for v in bf16.values())
+
+
+def test_task_chunks_give_the_same_meta_gradient():
+    torch.manual_seed(0)
+    algorithm = MAML(Conv4(5, hidden=8), CLASSIFICATION, inner_lr=0.4)
+    params = {k: v.requires_grad_() for k, v in algorithm.init_params().items()}
+    g = torch.Generator().manual_seed(0)
+    batch = TaskBatch(torch.rand(6, 5, 1, 28, 28, generator=g), torch.arange(5).expand(6, 5),
+                      torch.rand(6, 10, 1, 28, 28, generator=g), torch.arange(5).repeat(2).expand(6, 10))
+    grads = []
+    for chunk in (None, 4):
+        objective, _, _ = algorithm.meta_loss(params, batch, step=0, chunk=chunk)
+        grads.append(torch.autograd.grad(objective, list(params.values())))
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(*grads))
+    assert task_chunk_size("auto", torch.device("cpu"), batch) == 4
+    assert task_chunk_size("auto", torch.device("cuda"), batch) is None
+
+
+def test_refused_settings():
+    algorithm = MAML(MLP(), REGRESSION)
+    params = {k: v.requires_grad_() for k, v in algorithm.init_params().items()}
+    optimizer = torch.optim.Adam(params.values())
+    with pytest.raises(MetaexpError, match="needs a CUDA device"):
+        MetaStep(algorithm, params, optimizer, torch.device("cpu"), cuda_graph=True)
+    with pytest.raises(MetaexpError, match="not one of fp32, bf16"):
+        MetaStep(algorithm, params, optimizer, torch.device("cpu"), precision="fp8")
