@@ -27,6 +27,7 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_engine.py --compile --configs a
 	$(PY) benchmarks/bench_sampling.py
 
 clean:

@@ -1,7 +1,7 @@
 """MAML meta-training throughput and peak memory: metaexp's vmapped engine vs learn2learn's clone/adapt loop,
 side by side on the same task shapes and the same model (learn2learn's OmniglotCNN shape: Conv-4, 64 filters).
 
-    python benchmarks/bench_engine.py [--device cpu|cuda] [--cuda-graph] [--seconds 20] [--configs a b c]
+    python benchmarks/bench_engine.py [--device cpu|cuda] [--cuda-graph] [--compile] [--seconds 20] [--configs a b c]
 
 Each (configuration, implementation) runs in its own process so that peak memory is its own.
 """
@@ -31,7 +31,7 @@ def random_tasks(ways, shots, queries, meta_batch, device):
     return TaskBatch(images(ways * shots), labels(shots), images(ways * queries), labels(queries))
 
 
-def metaexp_step(config, device, cuda_graph, batches=None):
+def metaexp_step(config, device, cuda_graph, batches=None, compile=False):
     """One timed step: a fixed random meta-batch, or a fresh one from `batches()` each step."""
     import torch
     from metaexp.algorithms.maml import MAML
@@ -42,12 +42,13 @@ def metaexp_step(config, device, cuda_graph, batches=None):
     algorithm = MAML(Conv4(ways), CLASSIFICATION, inner_lr=0.4, inner_steps=steps)
     params = {k: v.to(device).requires_grad_() for k, v in algorithm.init_params().items()}
     optimizer = torch.optim.Adam(params.values(), lr=1e-3, capturable=cuda_graph)
-    step = MetaStep(algorithm, params, optimizer, torch.device(device), cuda_graph=cuda_graph)
+    step = MetaStep(algorithm, params, optimizer, torch.device(device), cuda_graph=cuda_graph, compile=compile,
+                    task_chunk=None if compile else "auto")
     fixed = random_tasks(ways, shots, queries, meta_batch, device)
     return lambda: step(batches() if batches else fixed, 0)
 
 
-def learn2learn_step(config, device, cuda_graph, batches=None):
+def learn2learn_step(config, device, cuda_graph, batches=None, compile=False):
     """learn2learn's loop over tasks; `batches()` gives a fresh list of (sx, sy, qx, qy) tasks each step."""
     import torch
     import torch.nn.functional as F
@@ -71,17 +72,20 @@ def learn2learn_step(config, device, cuda_graph, batches=None):
     return step
 
 
-def measure(impl, name, device, seconds, cuda_graph):
+def measure(impl, name, device, seconds, cuda_graph, compile):
     """Run one (implementation, configuration) and print a JSON line of tasks/s and peak memory."""
     import torch
     config = CONFIGS[name]
-    step = {"metaexp": metaexp_step, "learn2learn": learn2learn_step}[impl](config, device, cuda_graph)
+    step = {"metaexp": metaexp_step, "learn2learn": learn2learn_step}[impl](config, device, cuda_graph,
+                                                                           compile=compile)
     def sync():
         if device == "cuda":
             torch.cuda.synchronize()
     for _ in range(3):
         step()
     sync()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or count < 3:
         step()
@@ -102,20 +106,23 @@ def main():
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
     parser.add_argument("--cuda-graph", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile metaexp's meta-loss (whole batch)")
     parser.add_argument("--one", nargs=2, metavar=("IMPL", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        return measure(*args.one, args.device, args.seconds, args.cuda_graph)
+        return measure(*args.one, args.device, args.seconds, args.cuda_graph, args.compile)
     import torch
     print(f"device: {args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else f'{os.cpu_count()} CPU cores'}), "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}, cuda_graph={args.cuda_graph}")
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, cuda_graph={args.cuda_graph}, "
+          f"compile={args.compile}")
     print(f"{'config':<34}{'learn2learn tasks/s':>20}{'metaexp tasks/s':>17}{'ratio':>8}"
           f"{'l2l peak MB':>13}{'metaexp peak MB':>17}")
     for name in args.configs:
         results = {}
         for impl in ("learn2learn", "metaexp"):
             command = [sys.executable, __file__, "--one", impl, name, "--device", args.device,
-                       "--seconds", str(args.seconds)] + (["--cuda-graph"] if args.cuda_graph and impl == "metaexp" else [])
+                       "--seconds", str(args.seconds)] + (["--cuda-graph"] if args.cuda_graph and impl == "metaexp" else []) \
+                + (["--compile"] if args.compile and impl == "metaexp" else [])
             out = subprocess.run(command, capture_output=True, text=True)
             lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
             results[impl] = json.loads(lines[-1]) if lines else {"tasks_per_sec": float("nan"), "peak_mb": float("nan"),
