@@ -73,15 +73,7 @@ def train(cfg: DictConfig) -> float:
     step, best, elapsed = 0, None, 0.0
     resume_from = checkpoint.find_resume(cfg, run_dir, Path(cfg.paths.output_dir))
     if resume_from is not None:
-        state = checkpoint.load(resume_from)
-        with torch.no_grad():
-            for k, v in params.items():
-                v.copy_(state["params"][k])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"][distributed.rank()])
-        step, best, elapsed = state["step"], state["best"], state["elapsed_s"]
+        step, best, elapsed = restore(checkpoint.load(resume_from), params, optimizer, scheduler, generator)
         carry_metrics(resume_from, run_dir, step)
         log.info("resumed from %s at step %d", resume_from, step)
 
@@ -99,8 +91,8 @@ def train(cfg: DictConfig) -> float:
             checkpoint.save(run_dir / "checkpoints" / name, {
                 "params": {k: v.detach().cpu() for k, v in params.items()},
                 "optimizer": optimizer.state_dict(), "step": step,
-                "scheduler": scheduler.state_dict() if scheduler is not None else None, "best": best, "elapsed_s": clock.elapsed(),
-                "generator": generator_states, "metric": metric,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None, "best": best,
+                "elapsed_s": clock.elapsed(), "generator": generator_states, "metric": metric,
                 "config": OmegaConf.to_container(cfg, resolve=False)})
 
     log.info("run directory %s; %s on %s, %d parameters", run_dir, type(algorithm).__name__, device,
@@ -141,13 +133,9 @@ def train(cfg: DictConfig) -> float:
                 score_sum.zero_()
                 logged_at = step
             if step % cfg.trainer.val_every == 0 or final:
-                val_generator = task_generator(cfg.seed, "val", device, distributed.rank())
-                losses, scores = evaluate_batches(
-                    algorithm, params, sampled_batches(val_tasks, shard(cfg.trainer.val_tasks), meta_batch,
-                                                       val_generator), dtype)
-                last_val = {"step": step, "split": "val", "loss": distributed.average(losses.mean()).item(),
-                            metric: distributed.average(scores.mean()).item(), "tasks_per_sec": None,
-                            "elapsed_s": clock.elapsed()}
+                val_loss, val_score = validate(algorithm, params, val_tasks, cfg, device, meta_batch, dtype)
+                last_val = {"step": step, "split": "val", "loss": val_loss, metric: val_score,
+                            "tasks_per_sec": None, "elapsed_s": clock.elapsed()}
                 write(metrics, last_val)
                 log.info("step %d: val loss %.4f, val %s %.4f", step, last_val["loss"], metric, last_val[metric])
                 value = last_val[metric]
@@ -165,12 +153,32 @@ def train(cfg: DictConfig) -> float:
         sink.close()
     if distributed.is_main():
         console.print(summary_table("metaexp train", {
-            "algorithm": cfg.algorithm._target_.rsplit(".", 1)[-1], "steps": step,
+            "algorithm": type(algorithm).__name__, "steps": step,
             f"train {metric}": last_row[metric] if last_row else "-",
             f"val {metric} (last)": last_val[metric] if last_val else "-", f"val {metric} (best)": best,
             "tasks/s": done_tasks / max(clock.elapsed() - elapsed, 1e-9), "wall time (s)": clock.elapsed(),
             "run directory": str(run_dir)}))
     return best
+
+
+def restore(state: dict, params: dict, optimizer, scheduler, generator) -> tuple:
+    """Load a checkpoint's weights, optimizer, scheduler and this rank's generator; (step, best, elapsed)."""
+    with torch.no_grad():
+        for k, v in params.items():
+            v.copy_(state["params"][k])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"][distributed.rank()])
+    return state["step"], state["best"], state["elapsed_s"]
+
+
+def validate(algorithm, params: dict, val_tasks, cfg: DictConfig, device, meta_batch: int, dtype) -> tuple:
+    """Mean query loss and score over the run's fixed validation tasks (the same tasks at every validation)."""
+    generator = task_generator(cfg.seed, "val", device, distributed.rank())
+    losses, scores = evaluate_batches(
+        algorithm, params, sampled_batches(val_tasks, shard(cfg.trainer.val_tasks), meta_batch, generator), dtype)
+    return distributed.average(losses.mean()).item(), distributed.average(scores.mean()).item()
 
 
 def describe_machine(device: torch.device) -> dict:

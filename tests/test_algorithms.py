@@ -228,3 +228,19 @@ def test_algorithm_backbone_pairs_that_cannot_work_are_refused():
         ANIL(Conv4(None, hidden=HIDDEN), CLASSIFICATION)
     assert set(ProtoNet(Conv4(None, hidden=HIDDEN), CLASSIFICATION, ways=5).init_params()) == \
         {k for k, _ in Conv4(5, hidden=HIDDEN).named_parameters() if not k.startswith("head.")}
+
+
+def test_backbones_build_and_train_under_vmap():
+    from metaexp.models.resnet12 import ResNet12
+    assert Conv4(5, in_channels=3, image_size=84, hidden=32, max_pool=True, embedding="flatten").embedding_size == 800
+    assert Conv4(5).embedding_size == 64
+    g = torch.Generator().manual_seed(0)
+    batch = TaskBatch(torch.rand(2, 5, 3, 32, 32, generator=g), torch.arange(5).expand(2, 5),
+                      torch.rand(2, 10, 3, 32, 32, generator=g), torch.arange(5).repeat(2).expand(2, 10))
+    for algorithm in (ProtoNet(ResNet12(None, channels=(8, 8, 16, 16)), CLASSIFICATION, ways=5),
+                      MAML(ResNet12(5, channels=(8, 8, 16, 16)), CLASSIFICATION, inner_lr=0.1)):
+        params = {k: v.requires_grad_() for k, v in algorithm.init_params().items()}
+        objective, losses, scores = algorithm.meta_loss(params, batch)
+        objective.backward()
+        assert torch.isfinite(objective) and losses.shape == (2,)
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for k, p in params.items() if "shortcut" in k)
