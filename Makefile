@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	# learn2learn 0.2.0's shipped C files do not build on Python >= 3.11: regenerate them with Cython.
 	$(PIP) install -q --no-build-isolation --no-deps learn2learn==0.2.0 --config-settings=--build-option=build_ext
 	$(PIP) install -q gym qpth requests scipy tqdm
-	$(PIP) install -q -e '.[dev,sweeps,cluster,logging]'
+	$(PIP) install -q -e '.[dev,sweeps,cluster,logging,wandb,mlflow]'
 	touch $(STAMP)
 
 train: install
@@ -28,7 +28,7 @@ test: install
 bench: install
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_engine.py --compile --configs a
-	$(PY) benchmarks/bench_sampling.py
+	$(PY) benchmarks/bench_sampling.py --compile
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -2,7 +2,7 @@
 learn2learn's TaskDataset (FusedNWaysKShots, LoadData, RemapLabels, ConsecutiveLabels, RandomClassRotation),
 on the same Omniglot training tensors (the real data when found, else random tensors of the same shape).
 
-    python benchmarks/bench_sampling.py [--root ../shared/data/omniglot] [--device cpu|cuda] [--seconds 10]
+    python benchmarks/bench_sampling.py [--root ../shared/data/omniglot] [--device cpu|cuda] [--seconds 10] [--compile]
 """
 import argparse
 import os
@@ -56,6 +56,7 @@ def main():
     parser.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--compile", action="store_true", help="torch.compile metaexp's meta-loss end to end")
     args = parser.parse_args()
     from metaexp.tasks import EpisodeSampler
     split, source = omniglot_train(Path(args.root))
@@ -72,11 +73,13 @@ def main():
         theirs = rate(taskset.sample, args.seconds, 1, sync)
         print(f"{f'{ways}w{shots}s q{queries}':<22}{theirs:>18.0f}{ours:>15.0f}{ours / theirs:>8.0f}x")
 
-    print("\nend to end, 5-way 1-shot (1 query per class), meta-batch 32, MAML one second-order step:")
+    print(f"\nend to end, 5-way 1-shot (1 query per class), meta-batch 32, MAML one second-order step, "
+          f"compile={args.compile}:")
     config = (5, 1, 1, 32, 1)
     sampler = EpisodeSampler(split, 5, 1, 1, rotations=True, device=device)
     generator = torch.Generator(device).manual_seed(0)
-    ours_step = metaexp_step(config, args.device, False, batches=lambda: sampler.sample(32, generator))
+    ours_step = metaexp_step(config, args.device, False, batches=lambda: sampler.sample(32, generator),
+                             compile=args.compile)
     taskset = learn2learn_taskset(split, 5, 1, 1)
     theirs_step = learn2learn_step(config, args.device, False, batches=lambda: [task_tensors(taskset.sample(), device)
                                                                                for _ in range(32)])

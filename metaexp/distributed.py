@@ -19,7 +19,11 @@ def is_main() -> bool:
 
 
 def init_from_env(device: torch.device) -> None:
-    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1); otherwise do nothing."""
+    """Join the process group that torchrun (WORLD_SIZE > 1) or a multi-task SLURM job launched by the submitit
+    launcher describes in the environment; otherwise do nothing."""
+    if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        import submitit
+        submitit.helpers.TorchDistributedEnvironment().export()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":

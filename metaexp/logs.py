@@ -61,7 +61,7 @@ class WandbLogger:
 
 
 class MLflowLogger:
-    """Each metrics row to MLflow (a `file:` tracking URI keeps it local)."""
+    """Each metrics row to MLflow (a `sqlite:` tracking URI keeps it local)."""
 
     def __init__(self, tracking_uri: str, experiment: str):
         import mlflow

@@ -89,3 +89,23 @@ def test_tensorboard_logger_writes_event_files(cli, tmp_path):
     events = list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 100
     assert (run / "metrics.jsonl").is_file()
+
+
+def test_wandb_logger_writes_an_offline_run(cli, tmp_path):
+    run = tmp_path / "run"
+    result = cli("train", "logger=wandb", *TINY, f"hydra.run.dir={run}", env={"WANDB_SILENT": "true"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    records = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert records and records[0].stat().st_size > 0
+
+
+def test_mlflow_logger_records_the_metrics(cli, tmp_path):
+    import mlflow
+    run = tmp_path / "outputs" / "run"
+    result = cli("train", "logger=mlflow", *TINY, f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    logged = mlflow.search_runs(experiment_names=["metaexp"])
+    last_val = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last_val["split"] == "val" and len(logged) == 1
+    assert logged["metrics.val_mse"][0] == pytest.approx(last_val["mse"])
