@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test bench clean
+.PHONY: install train test bench results clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ bench: install
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_engine.py --compile --configs a
 	$(PY) benchmarks/bench_sampling.py --compile
+
+# The results table of docs/results.md, from the run directories under outputs/results/.
+results: install
+	$(VENV)/bin/metaexp summarize outputs/results --presets --markdown
+	$(VENV)/bin/metaexp summarize outputs/results --plot docs/results_curves.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache
