@@ -7,6 +7,7 @@ into the split (classes in the split's order, then examples in file order) or an
 JSON file, `label` is 0..ways-1, `degrees` a multiple of 90 to rotate the image by.
 """
 import json
+from itertools import groupby
 from pathlib import Path
 
 import torch
@@ -45,6 +46,8 @@ def read_episodes(path: Path, sampler, dataset, meta_batch: int):
 
     def load(entry):
         ref, label, degrees = entry if len(entry) == 3 else (*entry, 0)
+        if not 0 <= label < sampler.ways:
+            raise MetaexpError(f"{path}: label {label} is outside 0..{sampler.ways - 1} (sampler.ways={sampler.ways}).")
         if isinstance(ref, int):
             if not 0 <= ref < len(images):
                 raise MetaexpError(f"{path}: row {ref} is outside the split ({len(images)} images).")
@@ -56,29 +59,19 @@ def read_episodes(path: Path, sampler, dataset, meta_batch: int):
                                    f"needs {tuple(images.shape[1:])}.")
         if degrees % 90:
             raise MetaexpError(f"{path}: rotation {degrees} is not a multiple of 90 degrees.")
-        return rotate(image[None], torch.tensor([degrees // 90 % 4]))[0], label
+        return rotate(image[None], torch.tensor([degrees // 90 % 4], device=image.device))[0], label
 
     tasks = []
-    for episode in episodes:
-        support = [load(e) for e in episode["support"]]
-        query = [load(e) for e in episode["query"]]
-        tasks.append([torch.stack([x for x, _ in part]) for part in (support, query)] +
-                     [torch.tensor([y for _, y in part], device=images.device) for part in (support, query)])
+    for number, episode in enumerate(episodes):
+        try:
+            parts = [[load(e) for e in episode[name]] for name in ("support", "query")]
+        except (KeyError, TypeError, ValueError) as error:
+            raise MetaexpError(f"{path}: episode {number} is malformed ({type(error).__name__}: {error}); each "
+                               f"needs `support` and `query` lists of [ref, label] or [ref, label, degrees].") from error
+        tasks.append([torch.stack([x for x, _ in part]) for part in parts] +
+                     [torch.tensor([y for _, y in part], device=images.device) for part in parts])
     for start in range(0, len(tasks), meta_batch):
         group = tasks[start:start + meta_batch]
-        shapes = [(t[0].shape, t[1].shape) for t in group]
-        for part in split_by_shape(group, shapes):
-            sx, qx, sy, qy = (torch.stack([t[i] for t in part]) for i in range(4))
+        for _, run in groupby(group, key=lambda t: (t[0].shape, t[1].shape)):
+            sx, qx, sy, qy = (torch.stack(tensors) for tensors in zip(*run))
             yield TaskBatch(to_float(sx), sy, to_float(qx), qy)
-
-
-def split_by_shape(group: list, shapes: list) -> list:
-    """Runs of consecutive tasks whose support and query shapes agree."""
-    runs, current = [], [group[0]]
-    for task, shape, previous in zip(group[1:], shapes[1:], shapes):
-        if shape == previous:
-            current.append(task)
-        else:
-            runs.append(current)
-            current = [task]
-    return runs + [current]

@@ -75,3 +75,15 @@ def test_bad_episode_file_is_a_clear_error(cli, trained, tmp_path):
     broken.write_text("{not json")
     result = cli("eval", f"checkpoint={checkpoint}", f"eval.episodes_file={broken}", "trainer.device=cpu")
     assert result.returncode == 2 and "not a readable episode file" in result.stdout
+
+
+def test_malformed_episodes_name_the_problem(cli, trained, tmp_path):
+    _, _, checkpoint = trained
+    cases = {"missing.json": [{"support": [[0, 0]]}], "label.json": [{"support": [[0, 7]], "query": [[1, 0]]}],
+             "row.json": [{"support": [[10 ** 6, 0]], "query": [[1, 0]]}]}
+    expected = {"missing.json": "episode 0 is malformed", "label.json": "label 7 is outside 0..2",
+                "row.json": "is outside the split"}
+    for name, episodes in cases.items():
+        (tmp_path / name).write_text(json.dumps({"format": "metaexp-episodes/1", "episodes": episodes}))
+        result = cli("eval", f"checkpoint={checkpoint}", f"eval.episodes_file={tmp_path / name}", "trainer.device=cpu")
+        assert result.returncode == 2 and expected[name] in result.stdout, result.stdout
