@@ -33,6 +33,9 @@ def evaluate_batches(algorithm, params: dict, batches, dtype=None):
         loss, score = algorithm.evaluate(params, batch.to(dtype=dtype))
         losses.append(loss.float().cpu())
         scores.append(score.float().cpu())
+    if not losses:
+        raise MetaexpError("There are no episodes to evaluate: set eval.episodes above 0, or give an episode file "
+                           "that lists some.")
     return torch.cat(losses), torch.cat(scores)
 
 

@@ -61,3 +61,11 @@ def test_refused_settings():
         MetaStep(algorithm, params, optimizer, torch.device("cpu"), cuda_graph=True)
     with pytest.raises(MetaexpError, match="not one of fp32, bf16"):
         MetaStep(algorithm, params, optimizer, torch.device("cpu"), precision="fp8")
+
+
+def test_confidence_interval_is_196_standard_errors():
+    from metaexp.evaluate import mean_ci95
+    values = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0])
+    mean, ci = mean_ci95(values)
+    assert mean == pytest.approx(0.6)
+    assert ci == pytest.approx(1.96 * values.double().std().item() / 5 ** 0.5)
