@@ -6,6 +6,7 @@ import sys
 import time
 
 import torch
+import yaml
 
 from conftest import ROOT
 from test_omniglot import make_layout
@@ -36,6 +37,8 @@ def test_help_lists_commands_and_config_groups(cli):
     job = cli("train", "--cfg", "job", "algorithm=protonet", "dataset=omniglot")
     assert job.returncode == 0 and "metaexp.algorithms.protonet.ProtoNet" in job.stdout
     assert "metaexp.tasks.EpisodeSampler" in job.stdout and "metaexp.models.conv4.Conv4" in job.stdout
+    preset = yaml.safe_load(cli("train", "--cfg", "job", "experiment=maml_omniglot_20w1s", "seed=4").stdout)
+    assert preset["test"]["inner_steps"] == 5 and preset["seed"] == 4 and preset["algorithm"]["inner_lr"] == 0.1
 
 
 def test_train_writes_run_directory_and_eval_scores_it(cli, tmp_path):
