@@ -163,34 +163,36 @@ def cells(r: dict) -> list:
 
 
 def plot(records: list, path: Path, grouped: bool) -> None:
+    """Validation metric vs step, one panel per metric, one line per run or config (band: min-max over seeds)."""
+    import textwrap
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    figure, axes = plt.subplots(figsize=(8, 5))
-    seen = set()
-    for r in records:
-        if r["label"] in seen:
-            continue
-        seen.add(r["label"])
-        curves = [c for c in (r.get("val_curves") if grouped else [r["val_curve"]]) if c]
-        if not curves:
-            continue
-        steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
-        values = [[dict(c)[s] for c in curves] for s in steps]
-        mean = [sum(v) / len(v) for v in values]
-        line, = axes.plot(steps, mean, label=r["label"])
-        if len(curves) > 1:
-            axes.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2,
-                              color=line.get_color())
-    metric = next((r["metric"] for r in records if r["metric"]), "metric")
-    axes.set_xlabel("step")
-    axes.set_ylabel(f"validation {metric}")
-    axes.set_title("learning curves" + (" (mean, band: min-max over seeds)" if grouped else ""))
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
+    metrics = sorted({r["metric"] for r in records if r["metric"]})
+    if not metrics:
+        raise MetaexpError("None of these runs has validation metrics to plot yet.")
+    figure, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 5.5), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        seen = set()
+        for r in records:
+            curves = [c for c in (r.get("val_curves") if grouped else [r["val_curve"]]) if c]
+            if r["metric"] != metric or r["label"] in seen or not curves:
+                continue
+            seen.add(r["label"])
+            steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
+            values = [[dict(c)[s] for c in curves] for s in steps]
+            line, = axis.plot(steps, [sum(v) / len(v) for v in values], label=textwrap.fill(r["label"], 70))
+            if len(curves) > 1:
+                axis.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2,
+                                  color=line.get_color())
+        axis.set_xlabel("step")
+        axis.set_ylabel(f"validation {metric}")
+        axis.set_title(f"validation {metric}" + (" (mean; band: min-max over seeds)" if grouped else ""))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def main(argv: list) -> None:
