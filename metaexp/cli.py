@@ -22,6 +22,12 @@ commands:
 `metaexp <command> --help` lists its config groups and options; `--cfg job` prints the composed config."""
 
 
+def exit_with(error: MetaexpError, code: int = 2):
+    """Print a user-facing error as one paragraph and exit with `code`."""
+    console.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+    raise SystemExit(code)
+
+
 def guarded(task, cfg: DictConfig):
     """Run `task`; a MetaexpError ends a single run with its message and a non-zero exit. In a sweep the job
     records the error in <run>/error.txt and returns NaN, so the other jobs go on (SweepReport lists it)."""
@@ -34,8 +40,7 @@ def guarded(task, cfg: DictConfig):
             (run_dir / "error.txt").write_text(f"{error}\n")
             logging.getLogger("metaexp").error("run %s failed: %s", run_dir, error)
             return float("nan")
-        console.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
-        raise SystemExit(130 if isinstance(error, Interrupted) else 2)
+        exit_with(error, 130 if isinstance(error, Interrupted) else 2)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
@@ -55,8 +60,7 @@ def summarize_app(argv: list) -> None:
     try:
         summarize_main(argv)
     except MetaexpError as error:
-        console.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
-        raise SystemExit(2)
+        exit_with(error)
 
 
 def main() -> None:
