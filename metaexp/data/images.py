@@ -3,13 +3,12 @@ import csv
 import logging
 import pickle
 import random
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from metaexp.data.store import ClassSplit, cache_path, decode, from_classes, load_cache, load_image, save_cache
+from metaexp.data.store import ClassSplit, cache_path, cached, decode, from_classes, load_image
 from metaexp.errors import MetaexpError
 
 log = logging.getLogger("metaexp.data")
@@ -77,8 +76,8 @@ class CIFAR100Splits:
             if not all((folder / f).is_file() for f in ("train", "test", "meta")):
                 raise missing("CIFAR-100", self.root, self.LAYOUT)
             meta = unpickle(folder / "meta")
-            fine_names = [n.decode() if isinstance(n, bytes) else n for n in meta_field(meta, "fine_label_names")]
-            coarse_names = [n.decode() if isinstance(n, bytes) else n for n in meta_field(meta, "coarse_label_names")]
+            fine_names = [text(n) for n in meta_field(meta, "fine_label_names")]
+            coarse_names = [text(n) for n in meta_field(meta, "coarse_label_names")]
             per_class, coarse_of = {n: [] for n in fine_names}, {}
             for part in ("train", "test"):
                 batch = unpickle(folder / part)
@@ -102,6 +101,11 @@ def unpickle(path: Path):
 
 def meta_field(mapping: dict, key: str):
     return mapping[key.encode()] if key.encode() in mapping else mapping[key]
+
+
+def text(name) -> str:
+    """A pickled name as str (CIFAR's and mini-ImageNet's pickles hold bytes or str)."""
+    return name.decode() if isinstance(name, bytes) else name
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -131,8 +135,8 @@ class MiniImageNet:
             payload = unpickle(pickled)
             data = np.asarray(meta_field(payload, "image_data"), dtype=np.uint8)
             classes = meta_field(payload, "class_dict")
-            names = sorted(n.decode() if isinstance(n, bytes) else n for n in classes)
-            lookup = {(n.decode() if isinstance(n, bytes) else n): v for n, v in classes.items()}
+            lookup = {text(n): v for n, v in classes.items()}
+            names = sorted(lookup)
             images = torch.from_numpy(data).permute(0, 3, 1, 2)
             return from_classes([resize(images[list(lookup[n])], self.image_size) for n in names], names)
         table = self.root / f"{name}.csv"
@@ -191,13 +195,7 @@ def cached_decode(root: Path, cache_name: str, files: dict, size: int, channels:
     fingerprint = {"size": size, "channels": channels, **extra,
                    "files": sum(len(v) for v in files.values()),
                    "bytes": sum(p.stat().st_size for v in files.values() for p in v)}
-    cache = cache_path(root, cache_name)
-    started = time.perf_counter()
-    data = load_cache(cache, fingerprint)
-    if data is None:
-        names = list(files)
-        data = from_classes([torch.stack([decode(p.read_bytes(), str(p), size, channels) for p in files[n]])
-                             for n in names], names)
-        save_cache(cache, data, fingerprint)
-        log.info("decoded %d images in %.1fs; cached at %s", len(data.images), time.perf_counter() - started, cache)
-    return data
+    def build():
+        return from_classes([torch.stack([decode(p.read_bytes(), str(p), size, channels) for p in files[n]])
+                             for n in files], list(files))
+    return cached(cache_path(root, cache_name), fingerprint, build, cache_name)

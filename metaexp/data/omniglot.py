@@ -1,13 +1,11 @@
 """Omniglot (Lake et al. 2015) from the official layout, as extracted folders or the two zips in place."""
 import logging
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
-from metaexp.data.store import (ClassSplit, cache_path, decode, from_classes, load_cache, load_image, open_zip,
-                                save_cache)
+from metaexp.data.store import ClassSplit, cache_path, cached, decode, from_classes, load_image, open_zip
 from metaexp.errors import MetaexpError
 
 log = logging.getLogger("metaexp.data")
@@ -36,14 +34,14 @@ class Omniglot:
 
     def split(self, name: str) -> ClassSplit:
         data = self.load()
-        background = [n for n in data.class_names if n.startswith("images_background/")]
         canonical = data.class_names
         def alphabet(n):
             return n.split("/")[1]
         if self.split_scheme == "vinyals":
             trainval, test = canonical[:VINYALS_TRAINVAL], canonical[VINYALS_TRAINVAL:]
         else:
-            trainval, test = background, [n for n in canonical if n not in set(background)]
+            trainval = [n for n in canonical if n.startswith("images_background/")]
+            test = [n for n in canonical if n.startswith("images_evaluation/")]
         names = {"train": [n for n in trainval if alphabet(n) not in VINYALS_VAL],
                  "val": [n for n in trainval if alphabet(n) in VINYALS_VAL], "test": test}[name]
         return data.select(names)
@@ -58,15 +56,8 @@ class Omniglot:
             sources = self.sources()
             fingerprint = {"image_size": self.image_size, "sources": {
                 str(p.name): (p.stat().st_size, int(p.stat().st_mtime)) for p in sources.values()}}
-            cache = cache_path(self.root, f"omniglot-{self.image_size}px.pt")
-            started = time.perf_counter()
-            self._all = load_cache(cache, fingerprint)
-            if self._all is None:
-                self._all = self.decode_all(sources)
-                save_cache(cache, self._all, fingerprint)
-                log.info("decoded Omniglot in %.1fs; cached at %s", time.perf_counter() - started, cache)
-            else:
-                log.info("loaded Omniglot from cache %s in %.2fs", cache, time.perf_counter() - started)
+            self._all = cached(cache_path(self.root, f"omniglot-{self.image_size}px.pt"), fingerprint,
+                               lambda: self.decode_all(sources), "Omniglot")
         return self._all
 
     def sources(self) -> dict:

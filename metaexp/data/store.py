@@ -3,6 +3,7 @@ import hashlib
 import io
 import logging
 import os
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -103,6 +104,20 @@ def load_cache(path: Path, fingerprint: dict) -> ClassSplit | None:
         log.warning("cache %s does not match its sources or fails its checksum; rebuilding it", path)
         return None
     return ClassSplit(images, payload["class_offsets"], payload["class_names"])
+
+
+def cached(path: Path, fingerprint: dict, build, what: str) -> ClassSplit:
+    """The checked cache at `path`, or `build()` saved there when it is missing, stale or corrupt."""
+    started = time.perf_counter()
+    data = load_cache(path, fingerprint)
+    if data is None:
+        data = build()
+        save_cache(path, data, fingerprint)
+        log.info("decoded %s (%d images) in %.1fs; cached at %s", what, len(data.images),
+                 time.perf_counter() - started, path)
+    else:
+        log.info("loaded %s from cache %s in %.2fs", what, path, time.perf_counter() - started)
+    return data
 
 
 def save_cache(path: Path, data: ClassSplit, fingerprint: dict) -> None:
