@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 from PIL import Image
 
+from metaexp import checkpoint
 from metaexp.errors import MetaexpError
 
 log = logging.getLogger("metaexp.data")
@@ -121,9 +122,6 @@ def cached(path: Path, fingerprint: dict, build, what: str) -> ClassSplit:
 
 
 def save_cache(path: Path, data: ClassSplit, fingerprint: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"images": data.images, "class_offsets": data.class_offsets, "class_names": data.class_names,
-                "fingerprint": {**fingerprint, "version": CACHE_VERSION},
-                "crc32": zlib.crc32(data.images.numpy().tobytes())}, tmp)
-    os.replace(tmp, path)
+    checkpoint.save(path, {"images": data.images, "class_offsets": data.class_offsets,
+                           "class_names": data.class_names, "fingerprint": {**fingerprint, "version": CACHE_VERSION},
+                           "crc32": zlib.crc32(data.images.numpy().tobytes())})
