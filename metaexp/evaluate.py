@@ -1,6 +1,7 @@
 """Evaluation: adapt on held-out tasks, report mean and 95% confidence interval, write eval.json."""
 import json
 import math
+import statistics
 from pathlib import Path
 
 import torch
@@ -39,11 +40,11 @@ def evaluate_batches(algorithm, params: dict, batches, dtype=None):
     return torch.cat(losses), torch.cat(scores)
 
 
-def mean_ci95(values: torch.Tensor) -> tuple:
-    """Mean and 1.96 * std / sqrt(n)."""
-    values = values.double()
-    std = values.std(unbiased=True).item() if len(values) > 1 else 0.0
-    return values.mean().item(), 1.96 * std / math.sqrt(len(values))
+def mean_ci95(values) -> tuple:
+    """Mean and 1.96 * sample std / sqrt(n) of a sequence of numbers."""
+    values = [float(v) for v in values]
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), 1.96 * std / math.sqrt(len(values))
 
 
 def write_report(path: Path, report: dict) -> None:
@@ -97,8 +98,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     if draws is not None:
         write_episodes(Path(cfg.eval.save_episodes), draws, sampler.shots, cfg.eval.split)
     metric = sampler.objective.metric
-    mean, ci95 = mean_ci95(scores)
-    settings = {"split": cfg.eval.split, "seed": cfg.seed, "episodes_file": cfg.eval.episodes_file, "inner_steps": getattr(algorithm, "eval_inner_steps", None),
+    mean, ci95 = mean_ci95(scores.tolist())
+    settings = {"split": cfg.eval.split, "seed": cfg.seed, "episodes_file": cfg.eval.episodes_file,
+                "inner_steps": getattr(algorithm, "eval_inner_steps", None),
                 "sampler": {k: v for k, v in OmegaConf.to_container(run_cfg.sampler).items() if k != "_target_"}}
     report = {"metric": metric, "mean": mean, "ci95": ci95, "episodes": len(scores),
               "loss": losses.mean().item(), "checkpoint": str(path), "step": state["step"], "settings": settings}

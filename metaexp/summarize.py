@@ -5,7 +5,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -132,25 +131,20 @@ def by_config(records: list) -> list:
     groups = {}
     for r in records:
         groups.setdefault((r["config"], r["test"]), []).append(r)
+    from metaexp.evaluate import mean_ci95
     merged = []
     for (config, test), group in groups.items():
         def mean(key):
             values = [g[key] for g in group if g[key] is not None]
             return sum(values) / len(values) if values else None
         tests = [g["test metric"] for g in group if g["test metric"] is not None]
-        ci = (group[0]["test ci95"] if len(tests) == 1 else
-              1.96 * stdev(tests) / math.sqrt(len(tests)) if len(tests) > 1 else None)
+        ci = group[0]["test ci95"] if len(tests) == 1 else mean_ci95(tests)[1] if tests else None
         merged.append({**group[0], "label": f"{config or 'all'} (n={len(group)})", "test metric": mean("test metric"),
                        "test ci95": ci, "best val": mean("best val"), "final val": mean("final val"),
                        "wall time (s)": mean("wall time (s)"), "tasks/s": mean("tasks/s"),
                        "status": ", ".join(sorted({g["status"] for g in group})),
                        "val_curves": [g["val_curve"] for g in group]})
     return merged
-
-
-def stdev(values: list) -> float:
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def cells(r: dict) -> list:
