@@ -28,6 +28,11 @@ class MetricsFile:
         self.file.close()
 
 
+def scalars(row: dict) -> dict:
+    """The numeric values of a metrics row, less its step."""
+    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+
+
 class TensorBoardLogger:
     """Each metrics row as TensorBoard scalars `<split>/<key>` at its step."""
 
@@ -36,9 +41,8 @@ class TensorBoardLogger:
         self.writer = SummaryWriter(str(log_dir))
 
     def write(self, row: dict) -> None:
-        for key, value in row.items():
-            if isinstance(value, (int, float)) and key not in ("step",):
-                self.writer.add_scalar(f"{row['split']}/{key}", value, row["step"])
+        for key, value in scalars(row).items():
+            self.writer.add_scalar(f"{row['split']}/{key}", value, row["step"])
         self.writer.flush()
 
     def close(self) -> None:
@@ -53,8 +57,7 @@ class WandbLogger:
         self.run = wandb.init(project=project, mode=mode, dir=str(dir), config=config)
 
     def write(self, row: dict) -> None:
-        self.run.log({f"{row['split']}/{k}": v for k, v in row.items() if k not in ("step", "split")},
-                     step=row["step"])
+        self.run.log({f"{row['split']}/{k}": v for k, v in scalars(row).items()}, step=row["step"])
 
     def close(self) -> None:
         self.run.finish()
@@ -71,8 +74,7 @@ class MLflowLogger:
         mlflow.start_run()
 
     def write(self, row: dict) -> None:
-        self.mlflow.log_metrics({f"{row['split']}_{k}": v for k, v in row.items()
-                                 if isinstance(v, (int, float)) and k != "step"}, step=row["step"])
+        self.mlflow.log_metrics({f"{row['split']}_{k}": v for k, v in scalars(row).items()}, step=row["step"])
 
     def close(self) -> None:
         self.mlflow.end_run()
