@@ -78,26 +78,30 @@ def measure(impl, name, device, seconds, cuda_graph, compile):
     config = CONFIGS[name]
     step = {"metaexp": metaexp_step, "learn2learn": learn2learn_step}[impl](config, device, cuda_graph,
                                                                            compile=compile)
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-    for _ in range(3):
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(2):
         step()
     sync()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    tasks_per_sec = rate(step, seconds, config[3], sync)
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    print(json.dumps({"impl": impl, "config": name, "tasks_per_sec": tasks_per_sec, "peak_mb": peak / 2**20}))
+
+
+def rate(fn, seconds, per_call, sync):
+    """Items per second of `fn` (each call yields `per_call`) over at least `seconds`, after one warm-up call."""
+    fn()
+    sync()
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or count < 3:
-        step()
+        fn()
         count += 1
         if count % 5 == 0:
             sync()
     sync()
-    elapsed = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    print(json.dumps({"impl": impl, "config": name, "tasks_per_sec": count * config[3] / elapsed,
-                      "peak_mb": peak / 2**20}))
+    return count * per_call / (time.perf_counter() - start)
 
 
 def main():

@@ -7,13 +7,12 @@ on the same Omniglot training tensors (the real data when found, else random ten
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import learn2learn_step, metaexp_step  # noqa: E402
+from bench_engine import learn2learn_step, metaexp_step, rate  # noqa: E402
 
 EPISODES = [(5, 1, 1), (5, 1, 15), (20, 5, 15)]
 
@@ -38,17 +37,6 @@ def learn2learn_taskset(split, ways, shots, queries):
                   l2l.data.transforms.ConsecutiveLabels(dataset),
                   l2l.vision.transforms.RandomClassRotation(dataset, [0.0, 90.0, 180.0, 270.0])]
     return l2l.data.TaskDataset(dataset, task_transforms=transforms, num_tasks=-1)
-
-
-def rate(fn, seconds, per_call, sync):
-    fn()
-    sync()
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or count < 2:
-        fn()
-        count += 1
-    sync()
-    return count * per_call / (time.perf_counter() - start)
 
 
 def main():
