@@ -55,7 +55,8 @@ def ours_and_peer(seed=0, flatten=False):
     peer_params = dict(peer.named_parameters())
     with torch.no_grad():
         for k, v in ours.named_parameters():
-            v.normal_(0, 0.3) if "norm" in k else None
+            if "norm" in k:
+                v.normal_(0, 0.3)
             peer_params[names[k]].copy_(v)
     return ours, peer, names
 

@@ -1,4 +1,5 @@
 """The Omniglot loader on a small fixture in the official layout (folders and zips), and on the real data."""
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -127,6 +128,6 @@ def test_protonet_trains_and_evaluates_on_real_omniglot(omniglot_root, cli, tmp_
                   timeout=600)
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
     scored = cli("eval", f"checkpoint={run / 'checkpoints' / 'last.pt'}", "eval.episodes=100", "trainer.device=cpu")
-    report = __import__("json").loads((run / "eval.json").read_text())
+    report = json.loads((run / "eval.json").read_text())
     assert scored.returncode == 0 and report["episodes"] == 100
     assert report["mean"] > 0.5, "30 ProtoNet episodes on Omniglot already beat chance (0.2) by far"
