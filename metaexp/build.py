@@ -9,13 +9,21 @@ from metaexp.errors import MetaexpError
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto` (a GPU when there is one), `cpu`, `cuda` or `cuda:N`; anything else is refused by name."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise MetaexpError(f"trainer.device={name!r} is not a device: use auto, cpu, cuda or cuda:N (e.g. "
+                           f"trainer.device=cuda:0).") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise MetaexpError(
             f"trainer.device={name} but this machine has no usable CUDA GPU (torch.cuda.is_available() is "
             f"False). Use trainer.device=cpu or trainer.device=auto.")
-    return torch.device(name)
+    if device.type not in ("cpu", "cuda"):
+        raise MetaexpError(f"trainer.device={name} is not supported: use auto, cpu, cuda or cuda:N.")
+    return device
 
 
 def build(node: DictConfig, what: str, **kwargs):
@@ -31,7 +39,14 @@ def build(node: DictConfig, what: str, **kwargs):
 
 
 def build_sampler(cfg: DictConfig, dataset, split: str, device: torch.device):
-    return build(cfg.sampler, "sampler", data=dataset.split(split), device=device)
+    """The task sampler over one split of the data set; its complaints name the split."""
+    data = dataset.split(split)
+    try:
+        return build(cfg.sampler, "sampler", data=data, device=device)
+    except MetaexpError as error:
+        if str(error).startswith("sampler."):
+            raise
+        raise MetaexpError(f"The {split} split: {error}") from error
 
 
 def build_algorithm(cfg: DictConfig, sampler):

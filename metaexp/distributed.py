@@ -30,6 +30,12 @@ def init_from_env(device: torch.device) -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def setup(device: torch.device) -> torch.device:
+    """Join the process group if launched as one, and return this rank's device."""
+    init_from_env(device)
+    return local_device(device)
+
+
 def local_device(device: torch.device) -> torch.device:
     """This rank's GPU under torchrun, or `device` itself."""
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:

@@ -31,8 +31,9 @@ def write_episodes(path: Path, draws: list, shots: int, split: str) -> None:
     path.write_text(json.dumps({"format": FORMAT, "split": split, "episodes": episodes}) + "\n")
 
 
-def read_episodes(path: Path, sampler, dataset, meta_batch: int):
-    """TaskBatches of the file's episodes (consecutive episodes of one shape batched together)."""
+def load_episodes(path: Path) -> list:
+    """The episodes of a file, each checked: non-empty `support` and `query` lists of entries with whole-number
+    labels 0..n-1, every label of the episode present in its support set, the same n in every episode."""
     path = Path(path)
     try:
         document = json.loads(path.read_text())
@@ -40,14 +41,50 @@ def read_episodes(path: Path, sampler, dataset, meta_batch: int):
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise MetaexpError(f"{path} is not a readable episode file ({type(error).__name__}: {error}). See the "
                            f"format in metaexp/episodes.py, or write one with eval.save_episodes=PATH.") from error
+    if not isinstance(episodes, list) or not episodes:
+        raise MetaexpError(f"{path} lists no episodes: `episodes` must be a non-empty list.")
+    for number, episode in enumerate(episodes):
+        check_episode(path, number, episode)
+    ways = {len({e[1] for e in episode["support"]}) for episode in episodes}
+    if len(ways) > 1:
+        raise MetaexpError(f"{path} mixes episodes of {sorted(ways)} classes; one file holds one N-way setting.")
+    return episodes
+
+
+def check_episode(path: Path, number: int, episode) -> None:
+    where = f"{path}: episode {number}"
+    if not isinstance(episode, dict) or any(not isinstance(episode.get(n), list) or not episode[n]
+                                            for n in ("support", "query")):
+        raise MetaexpError(f"{where} needs non-empty `support` and `query` lists of [ref, label] or "
+                           f"[ref, label, degrees] entries.")
+    for entry in episode["support"] + episode["query"]:
+        if not isinstance(entry, list) or len(entry) not in (2, 3):
+            raise MetaexpError(f"{where}: {entry!r} is not an entry [ref, label] or [ref, label, degrees].")
+        if not isinstance(entry[1], int) or isinstance(entry[1], bool) or entry[1] < 0:
+            raise MetaexpError(f"{where}: the label {entry[1]!r} of {entry!r} is not a class number 0, 1, 2, ...")
+        if len(entry) == 3 and (not isinstance(entry[2], int) or entry[2] % 90):
+            raise MetaexpError(f"{where}: rotation {entry[2]!r} is not a multiple of 90 degrees.")
+    support = {e[1] for e in episode["support"]}
+    if support != set(range(len(support))) or not {e[1] for e in episode["query"]} <= support:
+        raise MetaexpError(f"{where}: its labels must be 0..N-1 with at least one support example each (support "
+                           f"has {sorted(support)}, query has {sorted({e[1] for e in episode['query']})}); a class "
+                           f"without support examples cannot be learned from the episode.")
+
+
+def ways_of(episodes: list) -> int:
+    """The N of the N-way episodes in a checked file."""
+    return len({e[1] for e in episodes[0]["support"]})
+
+
+def read_episodes(path: Path, episodes: list, sampler, dataset, meta_batch: int):
+    """TaskBatches of checked `episodes` from `path` (consecutive episodes of one shape batched together)."""
+    path = Path(path)
     images = getattr(sampler, "images", None)
     if images is None:
         raise MetaexpError("Fixed episode sets are for classification data sets; this run's sampler has no images.")
 
     def load(entry):
         ref, label, degrees = entry if len(entry) == 3 else (*entry, 0)
-        if not 0 <= label < sampler.ways:
-            raise MetaexpError(f"{path}: label {label} is outside 0..{sampler.ways - 1} (sampler.ways={sampler.ways}).")
         if isinstance(ref, int):
             if not 0 <= ref < len(images):
                 raise MetaexpError(f"{path}: row {ref} is outside the split ({len(images)} images).")
@@ -57,17 +94,11 @@ def read_episodes(path: Path, sampler, dataset, meta_batch: int):
             if image.shape != images.shape[1:]:
                 raise MetaexpError(f"{path}: {ref} has shape {tuple(image.shape)} after preprocessing; the model "
                                    f"needs {tuple(images.shape[1:])}.")
-        if degrees % 90:
-            raise MetaexpError(f"{path}: rotation {degrees} is not a multiple of 90 degrees.")
         return rotate(image[None], torch.tensor([degrees // 90 % 4], device=image.device))[0], label
 
     tasks = []
-    for number, episode in enumerate(episodes):
-        try:
-            parts = [[load(e) for e in episode[name]] for name in ("support", "query")]
-        except (KeyError, TypeError, ValueError) as error:
-            raise MetaexpError(f"{path}: episode {number} is malformed ({type(error).__name__}: {error}); each "
-                               f"needs `support` and `query` lists of [ref, label] or [ref, label, degrees].") from error
+    for episode in episodes:
+        parts = [[load(e) for e in episode[name]] for name in ("support", "query")]
         tasks.append([torch.stack([x for x, _ in part]) for part in parts] +
                      [torch.tensor([y for _, y in part], device=images.device) for part in parts])
     for start in range(0, len(tasks), meta_batch):

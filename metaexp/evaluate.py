@@ -10,9 +10,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from metaexp import checkpoint
 from metaexp.build import build, build_algorithm, build_sampler, resolve_device
-from metaexp.episodes import read_episodes, write_episodes
+from metaexp.episodes import load_episodes, read_episodes, ways_of, write_episodes
 from metaexp.errors import MetaexpError
+from metaexp.files import replacing
 from metaexp.logs import console, summary_table
+from metaexp.rundir import checkpoint_file, run_dir_of
+from metaexp.settings import check_eval
 from metaexp.tasks import task_generator
 
 
@@ -48,31 +51,46 @@ def mean_ci95(values) -> tuple:
 
 
 def write_report(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
+    with replacing(path, "w") as file:
+        file.write(json.dumps(report, indent=2) + "\n")
 
 
-def run_dir_of(checkpoint_path: Path) -> Path:
-    """The run directory a checkpoint belongs to (`<run>/checkpoints/x.pt` -> `<run>`)."""
-    parent = checkpoint_path.resolve().parent
-    return parent.parent if parent.name == "checkpoints" else parent
+def report_name(settings: dict) -> str:
+    """`eval-<split>-<setting>[-<k>steps]-<n>ep[-seed<s>].json`, so evaluations in other settings sit side by
+    side (a 20-way evaluation does not replace the 5-way one) and a repeat of one setting replaces its own."""
+    sampler = settings["sampler"]
+    if settings["episodes_file"]:
+        setting = Path(settings["episodes_file"]).stem
+    elif "ways" in sampler:
+        setting = f"{sampler['ways']}w{sampler['shots']}s{sampler['queries']}q"
+    else:
+        setting = f"{sampler['shots']}shot{sampler['queries']}q"
+    steps = f"-{settings['inner_steps']}steps" if settings["inner_steps"] is not None else ""
+    seed = f"-seed{settings['seed']}" if settings["seed"] else ""
+    return f"eval-{settings['split']}-{setting}{steps}-{settings['episodes']}ep{seed}.json"
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> float:
-    """`metaexp eval`: rebuild the run from its checkpoint, score it on held-out tasks, write eval.json."""
-    path = Path(cfg.checkpoint)
+    """`metaexp eval`: rebuild the run from its checkpoint, score it on held-out tasks, write its report."""
+    check_eval(cfg)
+    path = checkpoint_file(Path(cfg.checkpoint))
     state = checkpoint.load(path)
-    path = path / "checkpoints" / "last.pt" if path.is_dir() else path
     run_cfg = OmegaConf.create(state["config"])
     protocol = run_cfg.get("test") or {}
+    episodes = load_episodes(Path(cfg.eval.episodes_file)) if cfg.eval.episodes_file else None
     chosen = {**(protocol.get("sampler") or {}), **{k: v for k, v in cfg.sampler.items() if v is not None}}
+    if episodes is not None and "ways" in run_cfg.sampler:
+        chosen["ways"] = ways_of(episodes)  # the file's own N, whatever the run trained on
     for key, value in chosen.items():
         if key not in run_cfg.sampler:
             raise MetaexpError(f"sampler.{key} does not apply to this checkpoint's sampler "
                                f"({run_cfg.sampler._target_}); leave it unset.")
         run_cfg.sampler[key] = value
+    if cfg.dataset.root is not None:
+        if "root" not in run_cfg.dataset:
+            raise MetaexpError(f"dataset.root does not apply: this checkpoint's data set "
+                               f"({run_cfg.dataset._target_}) is generated, not read from disk; leave it unset.")
+        run_cfg.dataset.root = cfg.dataset.root
     device = resolve_device(cfg.trainer.device)
     try:
         dataset = build(run_cfg.dataset, "dataset")
@@ -86,8 +104,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     params = checked_params(algorithm.init_params(), state["params"], path)
     params = {k: v.to(device) for k, v in params.items()}
     draws = None
-    if cfg.eval.episodes_file:
-        batches = read_episodes(Path(cfg.eval.episodes_file), sampler, dataset, cfg.eval.meta_batch)
+    if episodes is not None:
+        batches = read_episodes(Path(cfg.eval.episodes_file), episodes, sampler, dataset, cfg.eval.meta_batch)
     else:
         if cfg.eval.save_episodes and not hasattr(sampler, "draw"):
             raise MetaexpError("eval.save_episodes works for classification episodes only.")
@@ -100,11 +118,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     metric = sampler.objective.metric
     mean, ci95 = mean_ci95(scores.tolist())
     settings = {"split": cfg.eval.split, "seed": cfg.seed, "episodes_file": cfg.eval.episodes_file,
-                "inner_steps": getattr(algorithm, "eval_inner_steps", None),
+                "episodes": len(scores), "inner_steps": getattr(algorithm, "eval_inner_steps", None),
                 "sampler": {k: v for k, v in OmegaConf.to_container(run_cfg.sampler).items() if k != "_target_"}}
     report = {"metric": metric, "mean": mean, "ci95": ci95, "episodes": len(scores),
               "loss": losses.mean().item(), "checkpoint": str(path), "step": state["step"], "settings": settings}
-    output = Path(cfg.eval.output) if cfg.eval.output else run_dir_of(path) / "eval.json"
+    output = Path(cfg.eval.output) if cfg.eval.output else run_dir_of(path) / report_name(settings)
     write_report(output, report)
     console.print(summary_table(f"metaexp eval ({cfg.eval.split})", {
         metric: f"{mean:.4f} ± {ci95:.4f} (95% CI)", "episodes": len(scores), "checkpoint": str(path),

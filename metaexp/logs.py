@@ -1,7 +1,10 @@
 """Run records: metrics.jsonl (always), optional TensorBoard/W&B/MLflow sinks, the rich progress bar and
 the end-of-run summary table."""
+import contextlib
 import json
 import logging
+import logging.handlers
+import math
 import time
 from pathlib import Path
 
@@ -9,23 +12,51 @@ from rich import get_console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-log = logging.getLogger("metaexp")
 console = get_console()
 
 
 class MetricsFile:
-    """Appends one JSON object per line to `<run>/metrics.jsonl`, flushed at once."""
+    """Appends one JSON object per line to `<run>/metrics.jsonl`, flushed at once; a NaN or infinite value is
+    written as null (JSON has no NaN)."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.file = self.path.open("a")
 
     def write(self, row: dict) -> None:
-        self.file.write(json.dumps(row) + "\n")
+        row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+        self.file.write(json.dumps(row, allow_nan=False) + "\n")
         self.file.flush()
 
     def close(self) -> None:
         self.file.close()
+
+
+class RunLog:
+    """This process's log records, held in memory until the run is accepted and then written, with all later
+    ones, to `<run>/train.log`: a run refused for a used directory or a bad value appends nothing to the log of
+    the run already there."""
+
+    FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
+
+    def __init__(self):
+        self.root = logging.getLogger()
+        # flushLevel above CRITICAL: nothing leaves memory before `open` gives it a file.
+        self.handler = logging.handlers.MemoryHandler(capacity=10 ** 6, flushLevel=logging.CRITICAL + 1)
+        self.root.addHandler(self.handler)
+
+    def open(self, path: Path) -> None:
+        file = logging.FileHandler(path)
+        file.setFormatter(logging.Formatter(self.FORMAT))
+        self.handler.setTarget(file)
+        self.handler.flush()
+        self.root.removeHandler(self.handler)
+        self.handler = file
+        self.root.addHandler(file)
+
+    def close(self) -> None:
+        self.root.removeHandler(self.handler)
+        self.handler.close()
 
 
 def scalars(row: dict) -> dict:
@@ -113,8 +144,13 @@ class TrainingProgress:
         fields = {}
         if row is not None:
             fields = dict(loss=f"{row['loss']:.4f}", metric=f"{self.metric} {row[self.metric]:.4f}",
-                          speed=f"{row['tasks_per_sec']:.0f}")
+                          speed=rate(row["tasks_per_sec"]))
         self.bar.update(self.task, completed=step, **fields)
+
+
+def rate(value: float) -> str:
+    """Three significant figures, without an exponent: 0.412, 41.2, 4,120."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def summary_table(title: str, rows: dict) -> Table:
@@ -125,7 +161,7 @@ def summary_table(title: str, rows: dict) -> Table:
 
 
 class Stopwatch:
-    """Seconds since start, and throughput since the last `lap`."""
+    """Seconds since start, and throughput since the last `lap`, not counting time spent `aside`."""
 
     def __init__(self, elapsed: float = 0.0):
         self.start = time.perf_counter() - elapsed
@@ -135,7 +171,17 @@ class Stopwatch:
         return time.perf_counter() - self.start
 
     def lap(self, count: int) -> float:
+        """Tasks per second since the last lap: the figure every `tasks_per_sec` in metrics.jsonl holds."""
         now = time.perf_counter()
         rate = (count - self.last_count) / max(now - self.last, 1e-9)
         self.last, self.last_count = now, count
         return rate
+
+    @contextlib.contextmanager
+    def aside(self):
+        """Time spent in this block (validation, checkpoints) is left out of the next lap's rate."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.last += time.perf_counter() - started

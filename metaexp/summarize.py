@@ -11,6 +11,9 @@ from pathlib import Path
 import yaml
 
 from metaexp.errors import MetaexpError
+from rich.console import Console
+from rich.markup import escape
+
 from metaexp.logs import console, read_metrics
 
 COLUMNS = ["run", "test", "test metric", "published", "best val", "final val", "steps", "wall time (s)",
@@ -33,12 +36,45 @@ def find_runs(paths: list) -> list:
     return sorted(runs)
 
 
+class BadRun(Exception):
+    """A run directory whose records cannot be read; summarize lists it and goes on with the others."""
+
+
+def load_run(run: Path) -> tuple:
+    """(config, overrides, metrics rows) of a run directory, each checked for the fields summarize reads."""
+    def yaml_file(path, kind, default):
+        if not path.is_file():
+            return default
+        try:
+            value = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise BadRun(f"{path.relative_to(run)} is not readable YAML ({type(error).__name__})") from error
+        if not isinstance(value, kind):
+            raise BadRun(f"{path.relative_to(run)} does not hold a {kind.__name__}")
+        return value
+    config = yaml_file(run / ".hydra" / "config.yaml", dict, None)
+    if config is None:
+        raise BadRun(".hydra/config.yaml is empty")
+    overrides = yaml_file(run / ".hydra" / "overrides.yaml", list, [])
+    rows = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+    for number, row in enumerate(rows, 1):
+        if not (isinstance(row, dict) and isinstance(row.get("step"), int) and row.get("split") in ("train", "val")):
+            raise BadRun(f"metrics.jsonl row {number} is not an object with a step and a split: {str(row)[:60]}")
+    return config, overrides, rows
+
+
+def read_report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_text())
+        float(report["mean"]), float(report["ci95"]), report["settings"]["sampler"].items()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise BadRun(f"{path.name} is not a metaexp eval report ({type(error).__name__}: {error})") from error
+    return report
+
+
 def describe(run: Path) -> list:
     """One record per evaluation of a run (at least one, with the test fields empty)."""
-    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
-    overrides_file = run / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-    rows = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+    config, overrides, rows = load_run(run)
     metric = next((k for r in rows for k in ("accuracy", "mse") if k in r), None)
     higher = metric == "accuracy"
     val = [r for r in rows if r["split"] == "val"]
@@ -63,7 +99,7 @@ def describe(run: Path) -> list:
         return [{**base, "test": None, "test metric": None, "test ci95": None}]
     records = []
     for path in evals:
-        report = json.loads(path.read_text())
+        report = read_report(path)
         sampler = report["settings"]["sampler"]
         setting = f"{sampler['ways']}w{sampler['shots']}s" if "ways" in sampler else f"{sampler['shots']}shot"
         records.append({**base, "test": setting, "test metric": report["mean"], "test ci95": report["ci95"],
@@ -200,7 +236,17 @@ def main(argv: list) -> None:
     parser.add_argument("--presets", action="store_true",
                         help="add a 'not yet run' row for each published preset setting that no run evaluated")
     args = parser.parse_args(argv)
-    records = [record for run in find_runs(args.dirs) for record in describe(run)]
+    records, bad = [], []
+    for run in find_runs(args.dirs):
+        try:
+            records += describe(run)
+        except BadRun as error:
+            bad.append((run, error))
+    warnings = Console(stderr=True)  # standard output may be the CSV or Markdown table
+    for run, error in bad:
+        warnings.print(f"[yellow]skipped {run}:[/yellow] {escape(str(error))}", highlight=False, soft_wrap=True)
+    if not records:
+        raise MetaexpError(f"None of the {len(bad)} runs found could be read (each is listed above).")
     label_runs(records)
     grouped = args.by == "config"
     if grouped:

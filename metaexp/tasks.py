@@ -33,6 +33,7 @@ class RegressionSampler:
     objective = REGRESSION
 
     def __init__(self, data, shots: int = 10, queries: int = 10, device="cpu"):
+        at_least_one(shots=shots, queries=queries)
         self.data, self.shots, self.queries, self.device = data, shots, queries, torch.device(device)
 
     def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
@@ -48,8 +49,12 @@ class EpisodeSampler:
 
     def __init__(self, data, ways: int = 5, shots: int = 1, queries: int = 15, rotations: bool = True,
                  device="cpu"):
+        at_least_one(ways=ways, shots=shots, queries=queries)
         self.ways, self.shots, self.queries, self.rotations = ways, shots, queries, rotations
         self.device = torch.device(device)
+        if len(data.class_offsets) < 2:
+            raise MetaexpError("The split has no classes at all. Check the data set's root and its split settings "
+                               "(for an image folder: dataset.splits or dataset.ratios).")
         self.images = data.images.to(self.device)
         self.offsets = data.class_offsets.to(self.device)
         counts = self.offsets[1:] - self.offsets[:-1]
@@ -87,6 +92,14 @@ class EpisodeSampler:
         s = self.shots
         support_x, query_x = x[:, :, :s].flatten(1, 2), x[:, :, s:].flatten(1, 2)
         return TaskBatch(support_x, y[:, :, :s].flatten(1), query_x, y[:, :, s:].flatten(1))
+
+
+def at_least_one(**settings) -> None:
+    """Refuse a count below 1 (a negative count would slice tensors from the end and train on nonsense)."""
+    for key, value in settings.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise MetaexpError(f"sampler.{key}={value!r} is not valid: it must be a whole number of 1 or more. "
+                               f"Set it again on the command line, e.g. sampler.{key}=5.")
 
 
 def rotate(images: torch.Tensor, quarters: torch.Tensor) -> torch.Tensor:

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,17 @@ def run_cli(*args, cwd, timeout=300, env=None):
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", "COLUMNS": "200", **(env or {})}
     return subprocess.run([sys.executable, "-m", "metaexp", *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def eval_reports(run_dir) -> dict:
+    """The evaluation reports of a run directory, by file name."""
+    return {p.name: json.loads(p.read_text()) for p in Path(run_dir).glob("eval-*.json")}
+
+
+def only_report(run_dir) -> dict:
+    reports = eval_reports(run_dir)
+    assert len(reports) == 1, sorted(reports)
+    return next(iter(reports.values()))
 
 
 @pytest.fixture

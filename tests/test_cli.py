@@ -8,7 +8,7 @@ import time
 import torch
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, only_report
 from test_omniglot import make_layout
 
 FAST = ["trainer.steps=6", "trainer.log_every=2", "trainer.val_every=3", "trainer.val_tasks=10",
@@ -58,7 +58,7 @@ def test_train_writes_run_directory_and_eval_scores_it(cli, tmp_path):
     scored = cli("eval", f"checkpoint={run / 'checkpoints' / 'best.pt'}", "eval.episodes=50", "sampler.shots=5",
                  "trainer.device=cpu")
     assert scored.returncode == 0, scored.stderr
-    report = json.loads((run / "eval.json").read_text())
+    report = only_report(run)
     assert report["metric"] == "mse" and report["episodes"] == 50 and report["settings"]["sampler"]["shots"] == 5
     assert report["ci95"] > 0 and report["mean"] > 0
     assert "95% CI" in scored.stdout
@@ -136,7 +136,7 @@ def test_nan_loss_stops_without_touching_good_checkpoints(cli, tmp_path):
     run = tmp_path / "run"
     assert cli("train", *FAST, f"hydra.run.dir={run}").returncode == 0
     before = {n: (run / "checkpoints" / n).read_bytes() for n in ("last.pt", "best.pt")}
-    result = cli("train", *FAST, "trainer.steps=12", "algorithm.inner_lr=1e30", "trainer.resume=auto",
+    result = cli("train", *FAST, "trainer.steps=12", "optim.lr=1e30", "trainer.resume=auto",
                  f"hydra.run.dir={run}")
     assert result.returncode == 2 and "loss became" in result.stdout
     assert before == {n: (run / "checkpoints" / n).read_bytes() for n in ("last.pt", "best.pt")}

@@ -79,11 +79,31 @@ def test_bad_episode_file_is_a_clear_error(cli, trained, tmp_path):
 
 def test_malformed_episodes_name_the_problem(cli, trained, tmp_path):
     _, _, checkpoint = trained
-    cases = {"missing.json": [{"support": [[0, 0]]}], "label.json": [{"support": [[0, 7]], "query": [[1, 0]]}],
-             "row.json": [{"support": [[10 ** 6, 0]], "query": [[1, 0]]}]}
-    expected = {"missing.json": "episode 0 is malformed", "label.json": "label 7 is outside 0..2",
-                "row.json": "is outside the split"}
-    for name, episodes in cases.items():
+    cases = {
+        "missing.json": ([{"support": [[0, 0]]}], "needs non-empty `support` and `query` lists of [ref, label]"),
+        "empty.json": ([{"support": [], "query": [[1, 0]]}], "needs non-empty `support` and `query`"),
+        "float.json": ([{"support": [[0, 0.0], [4, 1.0]], "query": [[1, 0.0]]}], "the label 0.0 of [0, 0.0]"),
+        "gap.json": ([{"support": [[0, 7]], "query": [[1, 0]]}], "support has [7], query has [0]"),
+        "unsupported.json": ([{"support": [[0, 0], [4, 1]], "query": [[1, 0], [8, 2]]}],
+                             "at least one support example each"),
+        "mixed.json": ([{"support": [[0, 0], [4, 1]], "query": [[1, 0]]},
+                        {"support": [[0, 0], [4, 1], [8, 2]], "query": [[1, 0]]}], "mixes episodes of [2, 3]"),
+        "none.json": ([], "lists no episodes"),
+        "row.json": ([{"support": [[10 ** 6, 0]], "query": [[1, 0]]}], "is outside the split"),
+    }
+    for name, (episodes, expected) in cases.items():
         (tmp_path / name).write_text(json.dumps({"format": "metaexp-episodes/1", "episodes": episodes}))
         result = cli("eval", f"checkpoint={checkpoint}", f"eval.episodes_file={tmp_path / name}", "trainer.device=cpu")
-        assert result.returncode == 2 and expected[name] in result.stdout, result.stdout
+        assert result.returncode == 2 and expected in result.stdout, (name, result.stdout)
+        assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_episode_file_sets_its_own_ways(cli, trained, tmp_path):
+    """A 2-way file on a checkpoint trained 3-way (the ProtoNets protocol: train wider than test) scores 2-way
+    episodes without any sampler.ways on the command line."""
+    _, _, checkpoint = trained
+    episodes = [{"support": [[0, 0], [4, 1]], "query": [[1, 0], [2, 0], [5, 1], [6, 1]]}] * 3
+    (tmp_path / "two.json").write_text(json.dumps({"format": "metaexp-episodes/1", "episodes": episodes}))
+    report = evaluate(cli, checkpoint, tmp_path / "r.json", f"eval.episodes_file={tmp_path / 'two.json'}")
+    assert report["settings"]["sampler"]["ways"] == 2 and report["episodes"] == 3
+    assert 0.0 <= report["mean"] <= 1.0 and report["loss"] == report["loss"], "a finite loss, not NaN"

@@ -1,5 +1,4 @@
 """The Omniglot loader on a small fixture in the official layout (folders and zips), and on the real data."""
-import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -8,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import only_report
 from metaexp.data.omniglot import Omniglot
 from metaexp.errors import MetaexpError
 
@@ -128,6 +128,28 @@ def test_protonet_trains_and_evaluates_on_real_omniglot(omniglot_root, cli, tmp_
                   timeout=600)
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
     scored = cli("eval", f"checkpoint={run / 'checkpoints' / 'last.pt'}", "eval.episodes=100", "trainer.device=cpu")
-    report = json.loads((run / "eval.json").read_text())
+    report = only_report(run)
     assert scored.returncode == 0 and report["episodes"] == 100
     assert report["mean"] > 0.5, "30 ProtoNet episodes on Omniglot already beat chance (0.2) by far"
+
+
+def test_failed_download_leaves_no_folders_behind(tmp_path):
+    from metaexp.data.store import try_download
+
+    def fails_half_way(root):
+        def download():
+            (root / "omniglot-py" / "images_background").mkdir(parents=True)
+            (root / "omniglot-py" / "partial.zip").write_bytes(b"half")
+            raise RuntimeError("File not found or corrupted.")
+        return download
+    fresh = tmp_path / "new" / "omniglot"
+    try_download(fails_half_way(fresh), fresh, "Omniglot")
+    assert not (tmp_path / "new").exists(), "the folders it created are gone"
+    existing = tmp_path / "mine"
+    (existing / "notes.txt").parent.mkdir()
+    (existing / "notes.txt").write_text("keep")
+    try_download(fails_half_way(existing), existing, "Omniglot")
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+    with pytest.raises(MetaexpError, match="Omniglot is not at"):
+        Omniglot(tmp_path / "absent", download=False).load()
+    assert not (tmp_path / "absent").exists()

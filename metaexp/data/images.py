@@ -1,6 +1,5 @@
 """Image data sets beside Omniglot: mini-ImageNet, CIFAR-FS, FC100 (from CIFAR-100) and any image folder."""
 import csv
-import logging
 import pickle
 import random
 from pathlib import Path
@@ -8,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metaexp.data.store import ClassSplit, cache_path, cached, decode, from_classes, load_image
+from metaexp.data.store import ClassSplit, cache_path, cached, decode, from_classes, load_image, try_download
 from metaexp.errors import MetaexpError
 
-log = logging.getLogger("metaexp.data")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 CIFAR_FS = {  # Bertinetto et al. (2019), R2-D2 repository splits
@@ -69,10 +67,7 @@ class CIFAR100Splits:
             folder = self.root / "cifar-100-python"
             if not folder.is_dir() and self.download:
                 from torchvision.datasets import CIFAR100
-                try:
-                    CIFAR100(str(self.root), download=True)
-                except Exception as error:
-                    log.warning("downloading CIFAR-100 failed: %s", error)
+                try_download(lambda: CIFAR100(str(self.root), download=True), self.root, "CIFAR-100")
             if not all((folder / f).is_file() for f in ("train", "test", "meta")):
                 raise missing("CIFAR-100", self.root, self.LAYOUT)
             meta = unpickle(folder / "meta")
@@ -182,6 +177,11 @@ class ImageFolder:
             raise missing("The image folder", self.root, "<root>/<class name>/<image files>")
         folders = {p.name: p for p in sorted(self.root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
         names = self.class_lists(list(folders))[name]
+        if not names:
+            raise MetaexpError(
+                f"The {name} split of {self.root} has no classes: {len(folders)} class folders split by "
+                f"{'dataset.classes' if self.classes else f'dataset.ratios={list(self.ratios)}'} leave it empty. "
+                f"Add class folders, or give the {name} split some classes.")
         files = {n: sorted(f for f in folders[n].iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) for n in names}
         empty = [n for n, f in files.items() if not f]
         if empty:

@@ -1,14 +1,13 @@
 """Omniglot (Lake et al. 2015) from the official layout, as extracted folders or the two zips in place."""
-import logging
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
-from metaexp.data.store import ClassSplit, cache_path, cached, decode, from_classes, load_image, open_zip
+from metaexp.data.store import (ClassSplit, cache_path, cached, decode, from_classes, load_image, open_zip,
+                                 try_download)
 from metaexp.errors import MetaexpError
 
-log = logging.getLogger("metaexp.data")
 ARCHIVES = ("images_background", "images_evaluation")
 VINYALS_TRAINVAL = 1200
 VINYALS_VAL = ("Hebrew", "Mkhedruli_(Georgian)", "Armenian", "Early_Aramaic", "Bengali")
@@ -82,11 +81,10 @@ class Omniglot:
 
     def fetch(self) -> None:
         from torchvision.datasets import Omniglot as TorchvisionOmniglot
-        try:
+        def download():
             for background in (True, False):
                 TorchvisionOmniglot(str(self.root), background=background, download=True)
-        except Exception as error:
-            log.warning("downloading Omniglot failed: %s", error)
+        try_download(download, self.root, "Omniglot")
 
     def missing_error(self, found: dict) -> MetaexpError:
         missing = [a for a in ARCHIVES if a not in found]
@@ -111,16 +109,20 @@ def decode_archive(path: str, archive: str, size: int):
         files = sorted(p.relative_to(path.parent).as_posix() for p in path.glob("*/*/*.png"))
         def read(member):
             return (path.parent / member).read_bytes()
+        def where(member):
+            return str(path.parent / member)
     else:
         zipped = open_zip(path)
         files = sorted(m for m in zipped.namelist() if m.endswith(".png") and m.count("/") == 3)
         read = zipped.read
+        def where(member):
+            return f"{path} (member {member})"
     classes = {}
     for member in files:
         alphabet_dir, alphabet, character, _ = member.split("/")
         if alphabet_dir != archive:
             continue
-        image = decode(read(member), f"{path}:{member}", size, channels=1, invert=True)
+        image = decode(read(member), where(member), size, channels=1, invert=True)
         classes.setdefault(f"{archive}/{alphabet}/{character}", []).append(image)
     if not classes:
         raise MetaexpError(f"{path} holds no images in the layout {LAYOUT}.")

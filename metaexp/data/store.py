@@ -3,6 +3,7 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import time
 import zipfile
 import zlib
@@ -78,6 +79,23 @@ def open_zip(path: Path) -> zipfile.ZipFile:
         raise MetaexpError(f"{path} is damaged: its member {broken} fails its CRC check. Delete it and download "
                            f"it again, or unzip a good copy next to it.")
     return archive
+
+
+def try_download(download, root: Path, what: str) -> None:
+    """Run a torchvision download into `root`; if it fails (no network, a checksum), warn and remove whatever it
+    created, so that a failed download leaves no folders behind under a path nobody chose to fill."""
+    root = Path(root)
+    created = [p for p in (root, *root.parents) if not p.exists()]
+    before = set(root.rglob("*")) if root.exists() else set()
+    try:
+        download()
+    except Exception as error:
+        log.warning("downloading %s failed: %s", what, error)
+        if created:
+            shutil.rmtree(created[-1], ignore_errors=True)
+            return
+        for path in sorted(set(root.rglob("*")) - before, reverse=True):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def cache_path(root: Path, name: str) -> Path:

@@ -1,0 +1,369 @@
+"""No result lost, none misreported: the CLI in subprocesses under kill -9, two writers, reused directories,
+changed configs on resume, sweeps stopped by a signal, and every bad value a tired researcher types."""
+import hashlib
+import json
+import os
+import random
+import resource
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import run_cli
+from test_omniglot import make_layout
+
+pytestmark = pytest.mark.slow
+
+QUICK = ["trainer.steps=6", "trainer.log_every=2", "trainer.val_every=3", "trainer.val_tasks=10",
+         "trainer.meta_batch=5", "trainer.device=cpu"]
+# Long enough (a few seconds) that signals and kills land mid-training; frequent saves make mid-save kills likely.
+LONG = ["trainer.steps=2500", "trainer.log_every=25", "trainer.val_every=50", "trainer.val_tasks=10",
+        "trainer.meta_batch=5", "trainer.device=cpu"]
+
+
+def start(*args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "metaexp", *map(str, args)], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "HYDRA_FULL_ERROR": "0", "COLUMNS": "200"})
+
+
+def wait_for_rows(run, count=1, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (run / "metrics.jsonl").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{run} wrote no metrics in {timeout} s")
+
+
+def rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["params"]
+
+
+def same_weights(a, b):
+    a, b = weights(a), weights(b)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def snapshot(directory):
+    """Every file under `directory` with its content hash (hidden ones too)."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def one_paragraph(result):
+    """The output ends in one error paragraph (after any log lines of the run so far), with no traceback."""
+    text = (result.stdout + result.stderr).strip()
+    start = max(text.rfind("error:"), text.rfind("stopped:"))
+    return "Traceback" not in text and start >= 0 and "\n\n" not in text[start:]
+
+
+def refused_at_once(result):
+    """Nothing ran: the whole output is the one error paragraph."""
+    return one_paragraph(result) and (result.stdout + result.stderr).strip().startswith("error:")
+
+
+def test_kill_9_at_random_moments_then_resume_matches_a_straight_run(tmp_path):
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    assert run_cli("train", *LONG, f"hydra.run.dir={straight}", cwd=tmp_path).returncode == 0
+    moments = random.Random(0)
+    kills = 0
+    for attempt in range(12):
+        proc = start("train", *LONG, "trainer.resume=auto", f"hydra.run.dir={run}", cwd=tmp_path)
+        try:
+            proc.wait(timeout=moments.uniform(1.0, 7.0) if kills < 6 else 300)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            continue
+        assert proc.returncode == 0, proc.stdout.read()[-2000:]
+        break
+    assert kills >= 3, "the kills must land while the run is going"
+    assert same_weights(straight / "checkpoints/last.pt", run / "checkpoints/last.pt")
+    steps = [(r["step"], r["split"]) for r in rows(run)]
+    assert len(steps) == len(set(steps)), "each (step, split) once"
+    stable = [{k: v for k, v in r.items() if k not in ("tasks_per_sec", "elapsed_s")} for r in rows(run)]
+    assert stable == [{k: v for k, v in r.items() if k not in ("tasks_per_sec", "elapsed_s")}
+                      for r in rows(straight)]
+    assert not list((run / "checkpoints").glob("*.tmp")), "no stale temporary files"
+
+
+def test_second_process_on_one_run_directory_is_refused_and_the_first_is_unharmed(tmp_path):
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    assert run_cli("train", *LONG, f"hydra.run.dir={straight}", cwd=tmp_path).returncode == 0
+    first = start("train", *LONG, f"hydra.run.dir={run}", cwd=tmp_path)
+    wait_for_rows(run)
+    for extra in ([], ["trainer.resume=auto"], ["seed=22"]):
+        second = run_cli("train", *LONG, *extra, f"hydra.run.dir={run}", cwd=tmp_path)
+        assert second.returncode == 2 and "Another metaexp process is writing" in second.stdout, second.stdout
+        assert refused_at_once(second)
+    output, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, output[-2000:]
+    assert same_weights(straight / "checkpoints/last.pt", run / "checkpoints/last.pt")
+    steps = [(r["step"], r["split"]) for r in rows(run)]
+    assert len(steps) == len(set(steps)) and steps == [(r["step"], r["split"]) for r in rows(straight)]
+
+
+def test_fresh_run_into_a_used_directory_is_refused_and_nothing_changes(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", *QUICK, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    before = snapshot(run)
+    again = run_cli("train", *QUICK, "seed=3", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert again.returncode == 2 and "already holds a run" in again.stdout and "trainer.resume=auto" in again.stdout
+    assert refused_at_once(again) and snapshot(run) == before
+
+
+def test_resume_with_a_changed_learning_rate_takes_it(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", *QUICK, "scheduler=step", "scheduler.step_size=2", f"hydra.run.dir={run}",
+                   cwd=tmp_path).returncode == 0
+    resumed = run_cli("train", *QUICK, "scheduler=step", "scheduler.step_size=2", "trainer.steps=10",
+                      "optim.lr=0.0005", "trainer.resume=auto", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-2000:]
+    state = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert state["step"] == 10
+    # StepLR halves every 2 steps: after 10 steps the rate is 0.0005 * 0.5 ** 5, from the new base rate.
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0005 * 0.5 ** 5, rel=1e-12)
+    log = (run / "train.log").read_text()
+    assert "resume applies a changed setting: optim.lr 0.001 -> 0.0005" in log
+
+
+def test_resume_with_a_changed_backbone_or_seed_is_refused_before_anything_is_written(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", *QUICK, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    before = snapshot(run)
+    for change, named in (("backbone.hidden=[20,20]", "backbone.hidden: [40, 40] -> [20, 20]"),
+                          ("seed=7", "seed: 0 -> 7"), ("algorithm=metasgd", "algorithm._target_")):
+        result = run_cli("train", *QUICK, change, "trainer.resume=auto", f"hydra.run.dir={run}", cwd=tmp_path)
+        assert result.returncode == 2 and "Cannot resume" in result.stdout and named in result.stdout, result.stdout
+        assert refused_at_once(result)
+        assert snapshot(run) == before
+
+
+def test_a_non_finite_validation_value_is_never_saved_as_best(tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("train", *QUICK, "optim.lr=1e6", "trainer.val_every=1", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert result.returncode == 2 and "diverged" in result.stdout, result.stdout
+    assert "became 0.0" not in result.stdout
+    for path in (run / "checkpoints").glob("*.pt"):
+        best = torch.load(path, weights_only=True)["best"]
+        assert best is None or best == best, f"{path.name} holds best=NaN"
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"metrics.jsonl holds a bare {c}"))
+
+
+def test_divergence_before_any_checkpoint_does_not_promise_one(tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("train", *QUICK, "optim.lr=1e30", "trainer.val_every=1000", f"hydra.run.dir={run}",
+                     cwd=tmp_path)
+    assert result.returncode == 2 and "No checkpoint was written" in result.stdout, result.stdout
+    assert not (run / "checkpoints").exists() and one_paragraph(result)
+    again = run_cli("train", *QUICK, "trainer.resume=auto", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-2000:]
+    steps = [(r["step"], r["split"]) for r in rows(run)]
+    assert len(steps) == len(set(steps)) and steps[0] == (2, "train"), "the rows of the failed start are gone"
+
+
+def test_one_sigint_stops_a_sweep_and_its_resume_command_finishes_it_cleanly(tmp_path):
+    proc = start("train", "-m", "seed=0,1,2", *LONG, cwd=tmp_path)
+    deadline = time.time() + 120
+    while not list((tmp_path / "outputs" / "multirun").glob("*/*/0/metrics.jsonl")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and "failed" not in output
+    sweep = next((tmp_path / "outputs" / "multirun").glob("*/*"))
+    assert (sweep / "0" / "checkpoints" / "last.pt").is_file() and not (sweep / "1").exists()
+    command = output[output.index("Continue the whole sweep with: ") + len("Continue the whole sweep with: "):]
+    args = shlex.split(command.splitlines()[0])
+    assert args[:2] == ["metaexp", "train"] and f"hydra.sweep.dir={sweep}" in args
+    resumed = run_cli(*args[1:], cwd=tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "failed" not in resumed.stdout and not list(sweep.glob("*/error.txt"))
+    for job in "012":
+        assert torch.load(sweep / job / "checkpoints/last.pt", weights_only=True)["step"] == 2500
+        steps = [(r["step"], r["split"]) for r in rows(sweep / job)]
+        assert len(steps) == len(set(steps))
+
+
+def test_a_finished_resume_clears_an_old_failure_record(tmp_path):
+    failed = run_cli("train", "-m", "optim.lr=0.001,1e30", *QUICK, "trainer.val_every=1000", cwd=tmp_path)
+    assert failed.returncode == 1 and "1 job(s) of the sweep failed" in failed.stdout
+    sweep = next((tmp_path / "outputs" / "multirun").glob("*/*"))
+    assert (sweep / "1" / "error.txt").is_file()
+    fixed = run_cli("train", "-m", "optim.lr=0.001,0.002", *QUICK, "trainer.val_every=1000", "trainer.resume=auto",
+                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stdout[-2000:]
+    assert not list(sweep.glob("*/error.txt"))
+
+
+def test_second_ctrl_c_still_saves_the_step_and_start_up_ctrl_c_is_quiet(tmp_path):
+    run = tmp_path / "run"
+    proc = start("train", *LONG, f"hydra.run.dir={run}", cwd=tmp_path)
+    wait_for_rows(run)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in output, output[-3000:]
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert f"at step {saved}" in output and 0 < saved < 2500
+
+    early = start("train", *QUICK, f"hydra.run.dir={tmp_path / 'early'}", cwd=tmp_path)
+    time.sleep(1.0)  # inside the imports
+    early.send_signal(signal.SIGINT)
+    output, _ = early.communicate(timeout=60)
+    assert early.returncode == 130 and "Traceback" not in output and "interrupted" in output.lower(), output
+
+
+def test_a_full_disk_leaves_the_checkpoints_intact_and_says_so(tmp_path):
+    run = tmp_path / "run"
+    wide = ["backbone.hidden=[300,300]"]
+    assert run_cli("train", *QUICK, *wide, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    before = {n: (run / "checkpoints" / n).read_bytes() for n in ("last.pt", "best.pt")}
+
+    def small_files():  # writes past 200 kB fail with EFBIG, as a full disk fails them with ENOSPC
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+    result = subprocess.run([sys.executable, "-m", "metaexp", "train", *QUICK, *wide, "trainer.steps=12",
+                             "trainer.resume=auto", f"hydra.run.dir={run}"], cwd=tmp_path, capture_output=True,
+                            text=True, preexec_fn=small_files, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 2 and "Could not write" in result.stdout and "is unchanged" in result.stdout, \
+        result.stdout + result.stderr
+    assert one_paragraph(result)
+    assert before == {n: (run / "checkpoints" / n).read_bytes() for n in ("last.pt", "best.pt")}
+    assert not list((run / "checkpoints").glob("*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def used(tmp_path_factory):
+    """A finished run directory, a checkpoint, an Omniglot-layout root and an image folder for bad-value cases."""
+    base = tmp_path_factory.mktemp("bad_values")
+    run = base / "run"
+    assert run_cli("train", *QUICK, f"hydra.run.dir={run}", cwd=base).returncode == 0
+    folder = base / "folder"
+    for c in range(3):
+        (folder / f"class{c}").mkdir(parents=True)
+        for i in range(4):
+            torch.manual_seed(c * 10 + i)
+            from PIL import Image
+            Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy()).save(folder / f"class{c}" / f"{i}.png")
+    (base / "afile").write_text("")
+    return {"base": base, "run": run, "omniglot": make_layout(base / "omniglot"), "folder": folder}
+
+
+OMNIGLOT = ["dataset=omniglot", "dataset.download=false", "dataset.split_scheme=lake", "sampler.queries=1"]
+# (arguments, words the paragraph must contain); {run}, {omniglot}, {folder}, {afile} are filled in.
+TRAIN_CASES = [
+    (["trainer.steps=abc"], "trainer.steps='abc' is not valid"),
+    (["trainer.steps=-5"], "trainer.steps=-5 is not valid"),
+    (["seed=abc"], "seed='abc' is not valid"),
+    (["trainer.meta_batch=0"], "trainer.meta_batch=0 is not valid"),
+    (["trainer.log_every=0"], "trainer.log_every=0 is not valid"),
+    (["trainer.val_every=0"], "trainer.val_every=0 is not valid"),
+    (["trainer.val_tasks=0"], "trainer.val_tasks=0 is not valid"),
+    (["trainer.device=gpu"], "trainer.device='gpu' is not a device"),
+    (["sampler.shots=-1"], "sampler.shots=-1 is not valid"),
+    (["sampler.queries=0"], "sampler.queries=0 is not valid"),
+    (["algorithm=protonet", *OMNIGLOT, "dataset.root={omniglot}", "sampler.ways=0"], "sampler.ways=0 is not valid"),
+    (["dataset=image_folder", "dataset.root={folder}", "dataset.image_size=32", "sampler.ways=2",
+      "sampler.queries=1"], "The val split of {folder} has no classes"),
+]
+EVAL_CASES = [
+    ([], "needs a checkpoint"),
+    (["checkpoint={run}/checkpoints/last.pt", "eval.meta_batch=0"], "eval.meta_batch=0 is not valid"),
+    (["checkpoint={run}/checkpoints/last.pt", "eval.split=bogus"], "eval.split='bogus' is not valid"),
+    (["checkpoint={run}/checkpoints/last.pt", "eval.episodes=-1"], "eval.episodes=-1 is not valid"),
+    (["checkpoint={run}/checkpoints/last.pt", "trainer.device=gpu"], "trainer.device='gpu' is not a device"),
+    (["checkpoint={run}/checkpoints/last.pt", "dataset.root=/somewhere"], "dataset.root does not apply"),
+]
+
+
+def fill(args, used):
+    names = {"run": used["run"], "omniglot": used["omniglot"], "folder": used["folder"],
+             "afile": used["base"] / "afile"}
+    return [a.format(**names) for a in args]
+
+
+@pytest.mark.parametrize("args, expected", TRAIN_CASES, ids=[" ".join(a[-1:]) for a, _ in TRAIN_CASES])
+def test_bad_training_value_is_one_paragraph_and_changes_nothing(used, args, expected):
+    before = snapshot(used["run"])
+    result = run_cli("train", *QUICK, *fill(args, used), "trainer.resume=auto", f"hydra.run.dir={used['run']}",
+                     cwd=used["base"])
+    assert result.returncode == 2 and fill([expected], used)[0] in result.stdout, result.stdout + result.stderr
+    assert one_paragraph(result), result.stdout + result.stderr  # after a data set's loading line, if any
+    assert snapshot(used["run"]) == before
+
+
+@pytest.mark.parametrize("args, expected", EVAL_CASES, ids=[" ".join(a[-1:]) or "no checkpoint" for a, _ in EVAL_CASES])
+def test_bad_evaluation_value_is_one_paragraph_and_changes_nothing(used, args, expected):
+    before = snapshot(used["run"])
+    result = run_cli("eval", *fill(args, used), cwd=used["base"])
+    assert result.returncode == 2 and expected in result.stdout, result.stdout + result.stderr
+    assert refused_at_once(result), result.stdout + result.stderr
+    assert snapshot(used["run"]) == before
+
+
+def test_unwritable_output_location_is_one_paragraph(used):
+    for command in (["train", *QUICK], ["train", "-m", "seed=0,1", *QUICK]):
+        result = run_cli(*command, f"paths.output_dir={used['base'] / 'afile' / 'outputs'}", cwd=used["base"])
+        assert result.returncode == 2 and "afile is a file, not a folder" in result.stdout, result.stdout
+        assert one_paragraph(result)
+
+
+def test_eval_follows_moved_data_with_dataset_root(used, tmp_path):
+    run = used["base"] / "omniglot_run"
+    args = ["algorithm=protonet", *OMNIGLOT, "sampler.ways=3", "backbone.hidden=8", *QUICK]
+    assert run_cli("train", *args, f"dataset.root={used['omniglot']}", f"hydra.run.dir={run}",
+                   cwd=used["base"]).returncode == 0
+    moved = tmp_path / "moved"
+    used["omniglot"].rename(moved)
+    try:
+        lost = run_cli("eval", f"checkpoint={run}", "eval.episodes=4", "trainer.device=cpu", cwd=used["base"])
+        assert lost.returncode == 2 and "dataset.root" in lost.stdout and one_paragraph(lost)
+        assert not used["omniglot"].exists(), "a failed look-up creates no folders under the old path"
+        found = run_cli("eval", f"checkpoint={run}", "eval.episodes=4", "trainer.device=cpu", f"dataset.root={moved}",
+                        cwd=used["base"])
+        assert found.returncode == 0, found.stdout[-2000:]
+    finally:
+        moved.rename(used["omniglot"])
+
+
+def test_evaluations_in_different_settings_are_all_kept(used):
+    run = used["base"] / "kept"
+    assert run_cli("train", *QUICK, f"hydra.run.dir={run}", cwd=used["base"]).returncode == 0
+    for extra in (["sampler.shots=5"], ["sampler.shots=10"], ["sampler.shots=5", "eval.inner_steps=3"]):
+        result = run_cli("eval", f"checkpoint={run}", "eval.episodes=20", "trainer.device=cpu", *extra,
+                         cwd=used["base"])
+        assert result.returncode == 0, result.stdout[-2000:]
+    names = sorted(p.name for p in run.glob("eval-*.json"))
+    assert names == ["eval-test-10shot10q-1steps-20ep.json", "eval-test-5shot10q-1steps-20ep.json",
+                     "eval-test-5shot10q-3steps-20ep.json"]
+
+
+def test_summarize_lists_malformed_runs_and_summarises_the_rest(used, tmp_path):
+    import shutil
+    good = tmp_path / "good"
+    shutil.copytree(used["run"], good)
+    broken = {"row": lambda r: (r / "metrics.jsonl").write_text('[1, 2]\n'),
+              "nosplit": lambda r: (r / "metrics.jsonl").write_text('{"step": 1}\n'),
+              "emptyconfig": lambda r: (r / ".hydra" / "config.yaml").write_text(""),
+              "badyaml": lambda r: (r / ".hydra" / "config.yaml").write_text("a: [\n"),
+              "badeval": lambda r: (r / "eval-test-x.json").write_text("{")}
+    for name, damage in broken.items():
+        shutil.copytree(used["run"], tmp_path / name)
+        damage(tmp_path / name)
+    result = run_cli("summarize", str(tmp_path), "--csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(result.stdout.strip().splitlines()) == 2, "a header and the one good run"
+    for name in broken:
+        assert f"skipped {tmp_path / name}" in result.stderr.replace("\n", " ")
