@@ -1,33 +1,22 @@
 """`metaexp train | eval | summarize`: each subcommand is a Hydra app over the configs in conf/."""
 import contextlib
 import logging
-import os
 import shlex
-import signal
 import sys
 from pathlib import Path
 
 
-def interrupted_outside_training(signum, frame):
-    """Ctrl-C while starting (or evaluating): nothing is half-written, so exit at once. A KeyboardInterrupt
-    raised inside an import can be swallowed by Python ("Exception ignored in ...") and the run would go on."""
-    sys.stderr.write("stopped: interrupted by Ctrl-C outside the training loop. Files already written are "
-                     "intact; continue a run with trainer.resume=auto.\n")
-    os._exit(130)
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from rich.markup import escape
 
+from metaexp.api import config_dir
+from metaexp.errors import MetaexpError
+from metaexp.logs import console
 
-signal.signal(signal.SIGINT, interrupted_outside_training)  # before the slow imports; the loop has its own
-
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-from rich.markup import escape  # noqa: E402
-
-from metaexp.errors import MetaexpError  # noqa: E402
-from metaexp.logs import console  # noqa: E402
-
-CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
+CONFIG_PATH = config_dir()
 USAGE = """usage: metaexp <command> [hydra overrides ...]
 
 commands:
@@ -51,7 +40,7 @@ def guarded(task, cfg: DictConfig):
     returns NaN, so the other jobs go on (SweepReport lists it); a job that finishes clears an old record.
     A signal or a run-directory refusal stops the whole sweep: the next job would meet the same."""
     from metaexp.rundir import RunDirError
-    from metaexp.train import Interrupted
+    from metaexp.loop import Interrupted
     hydra = HydraConfig.get()
     sweep = hydra.mode == RunMode.MULTIRUN
     run_dir = Path(hydra.runtime.output_dir)
@@ -89,7 +78,7 @@ def remove_if_empty(run_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def train_app(cfg: DictConfig):
-    from metaexp.train import train
+    from metaexp.loop import train
     return guarded(train, cfg)
 
 

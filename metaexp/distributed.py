@@ -36,6 +36,16 @@ def setup(device: torch.device) -> torch.device:
     return local_device(device)
 
 
+def teardown(exc_type=None, *exc) -> None:
+    """Leave the process group (an ExitStack exit callback). Exiting with it still up lets gloo's threads
+    abort the process (SIGABRT, "terminate called without an active exception") after a run that otherwise
+    finished. The ranks wait for each other only after a clean finish: a rank that failed may never arrive."""
+    if dist.is_available() and dist.is_initialized():
+        if exc_type is None:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def local_device(device: torch.device) -> torch.device:
     """This rank's GPU under torchrun, or `device` itself."""
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
@@ -43,24 +53,31 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def average_gradients(params) -> None:
-    """All-reduce and average `.grad` across ranks, as one flat buffer."""
+def average_gradients(params, weight: int = 1) -> None:
+    """All-reduce `.grad` across ranks as one flat buffer: the mean of each rank's gradient weighted by
+    `weight`, its number of tasks, so that uneven shards (25 tasks on 2 ranks: 13 + 12) give the gradient of
+    the mean over all tasks."""
     if world_size() == 1:
         return
     grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([g.reshape(-1) * weight for g in grads] + [grads[0].new_tensor([weight])])
     dist.all_reduce(flat)
-    flat /= world_size()
+    flat = flat[:-1] / flat[-1]
     offset = 0
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
 
 
-def average(value: torch.Tensor) -> torch.Tensor:
-    """Mean of a tensor across ranks."""
+def total(value: torch.Tensor) -> torch.Tensor:
+    """Sum of a tensor across ranks."""
     if world_size() > 1:
         value = value.clone()
         dist.all_reduce(value)
-        value /= world_size()
     return value
+
+
+def mean(values: torch.Tensor) -> float:
+    """Mean of all ranks' values together (ranks may hold different numbers of them)."""
+    both = total(torch.stack([values.sum(), torch.tensor(float(values.numel()), dtype=values.dtype)]))
+    return (both[0] / both[1]).item()

@@ -18,7 +18,7 @@ class MetaStep:
         if cuda_graph and device.type != "cuda":
             raise MetaexpError("trainer.cuda_graph=true needs a CUDA device; set trainer.cuda_graph=false on "
                                f"{device.type}.")
-        if cuda_graph and (getattr(algorithm, "multi_step_loss", 0) or getattr(algorithm, "first_order_until", 0)):
+        if cuda_graph and algorithm.changes_during_training:
             raise MetaexpError("trainer.cuda_graph=true replays one fixed step, but the MAML++ schedules "
                                "(multi_step_loss, first_order_until) change the step as training goes. "
                                "Turn one of them off.")
@@ -36,7 +36,7 @@ class MetaStep:
             chunk = task_chunk_size(self.task_chunk, self.device, batch)
             objective, losses, scores = self.meta_loss(self.params, batch, step, chunk)
         objective.backward()
-        distributed.average_gradients(self.params.values())
+        distributed.average_gradients(self.params.values(), weight=len(batch))
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params.values(), self.grad_clip)
         self.optimizer.step()

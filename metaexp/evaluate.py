@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from metaexp import checkpoint
-from metaexp.build import build, build_algorithm, build_sampler, resolve_device
+from metaexp.components import build, build_algorithm, build_sampler, resolve_device
 from metaexp.episodes import load_episodes, read_episodes, ways_of, write_episodes
 from metaexp.errors import MetaexpError
 from metaexp.files import replacing

@@ -14,7 +14,7 @@ from metaexp import checkpoint, distributed, rundir
 from metaexp.errors import MetaexpError
 from metaexp.rundir import RunDirError
 
-log = logging.getLogger("metaexp.train")
+log = logging.getLogger("metaexp.loop")
 
 # Keys a resume may change; `_target_` under optim/scheduler never (the saved state belongs to that class).
 SAFE = ("trainer.steps", "trainer.log_every", "trainer.val_every", "trainer.resume", "trainer.device",

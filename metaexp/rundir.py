@@ -86,10 +86,12 @@ def remove_stale_temporaries(run_dir: Path) -> None:
 
 
 def record_config(run_dir: Path, cfg: DictConfig) -> None:
-    """Write `.hydra/config.yaml`, `hydra.yaml` and `overrides.yaml`, as Hydra itself would."""
-    hydra = HydraConfig.get()
+    """Write `.hydra/config.yaml`, `hydra.yaml` and `overrides.yaml`, as Hydra itself would (the config alone
+    for a run started from Python, outside a Hydra app)."""
     record = Path(run_dir) / ".hydra"
     record.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, record / "config.yaml")
-    OmegaConf.save(OmegaConf.create({"hydra": hydra}), record / "hydra.yaml")
-    OmegaConf.save(hydra.overrides.task, record / "overrides.yaml")
+    if HydraConfig.initialized():
+        hydra = HydraConfig.get()
+        OmegaConf.save(OmegaConf.create({"hydra": hydra}), record / "hydra.yaml")
+        OmegaConf.save(hydra.overrides.task, record / "overrides.yaml")

@@ -111,7 +111,8 @@ def published_tables() -> dict:
     """Each conf/experiment preset's published figures, keyed by test setting (e.g. {"5w1s": 0.988})."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
-    conf = Path(__file__).resolve().parent.parent / "conf"
+    from metaexp.api import config_dir
+    conf = Path(config_dir())
     tables = {}
     with initialize_config_dir(str(conf), version_base="1.3"):
         for path in sorted((conf / "experiment").glob("*.yaml")):

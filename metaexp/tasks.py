@@ -43,13 +43,15 @@ class RegressionSampler:
 
 
 class EpisodeSampler:
-    """N-way K-shot Q-query episodes from a `ClassSplit` held on the device; rotations add classes (x4)."""
+    """N-way K-shot Q-query episodes from a `ClassSplit` held on the device; rotations add classes (x4).
+    `rotations=None` follows the data set (`ClassSplit.rotations`)."""
 
     objective = CLASSIFICATION
 
-    def __init__(self, data, ways: int = 5, shots: int = 1, queries: int = 15, rotations: bool = True,
+    def __init__(self, data, ways: int = 5, shots: int = 1, queries: int = 15, rotations: bool | None = None,
                  device="cpu"):
         at_least_one(ways=ways, shots=shots, queries=queries)
+        rotations = data.rotations if rotations is None else rotations
         self.ways, self.shots, self.queries, self.rotations = ways, shots, queries, rotations
         self.device = torch.device(device)
         if len(data.class_offsets) < 2:
@@ -61,8 +63,9 @@ class EpisodeSampler:
         self.counts, self.max_count = counts, int(counts.max())
         self.num_classes = len(counts) * (ROTATIONS if rotations else 1)
         if ways > self.num_classes:
+            turned = f" ({len(counts)} x {ROTATIONS} rotations)" if rotations else ""
             raise MetaexpError(
-                f"The sampler asks for {ways}-way episodes but the split has only {self.num_classes} classes. "
+                f"The sampler asks for {ways}-way episodes but the split has only {self.num_classes} classes{turned}. "
                 f"Lower sampler.ways or use a split with more classes.")
         if shots + queries > int(counts.min()):
             raise MetaexpError(

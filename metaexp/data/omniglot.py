@@ -43,7 +43,7 @@ class Omniglot:
             test = [n for n in canonical if n.startswith("images_evaluation/")]
         names = {"train": [n for n in trainval if alphabet(n) not in VINYALS_VAL],
                  "val": [n for n in trainval if alphabet(n) in VINYALS_VAL], "test": test}[name]
-        return data.select(names)
+        return data.select(names)._replace(rotations=True)
 
     def preprocess(self, path: Path) -> torch.Tensor:
         """An image file resized and ink-inverted like the cached data set."""

@@ -21,11 +21,14 @@ CACHE_VERSION = 1
 
 
 class ClassSplit(NamedTuple):
-    """Images `uint8 [N, C, H, W]`; class c owns rows `class_offsets[c]:class_offsets[c+1]`."""
+    """Images `uint8 [N, C, H, W]`; class c owns rows `class_offsets[c]:class_offsets[c+1]`. `rotations`: the
+    data set counts quarter turns of its images as new classes (Omniglot's characters, after Vinyals et al.
+    2016; a turned photograph is the same class, so natural-image data sets do not)."""
 
     images: torch.Tensor
     class_offsets: torch.Tensor
     class_names: list
+    rotations: bool = False
 
     def select(self, names) -> "ClassSplit":
         """The sub-split of the named classes, in the given order."""

@@ -1,10 +1,11 @@
 """Compose the run's components from the config with `hydra.utils.instantiate`."""
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from metaexp.algorithms.base import Algorithm
 from metaexp.errors import MetaexpError
 
 
@@ -38,6 +39,17 @@ def build(node: DictConfig, what: str, **kwargs):
                            f"Check the {what} settings (`metaexp train --cfg job` shows them).") from error
 
 
+def check_objective(node: DictConfig, objective) -> None:
+    """Refuse a classification-only algorithm on regression tasks before its config is resolved (its
+    `ways: ${sampler.ways}` would fail first, with a message about a missing key)."""
+    try:
+        algorithm = get_class(node._target_)
+    except (ImportError, AttributeError, ValueError, OmegaConfBaseException):
+        return  # build() reports an unknown class with the node's name
+    if isinstance(algorithm, type) and issubclass(algorithm, Algorithm):
+        algorithm.check_objective(objective)
+
+
 def build_sampler(cfg: DictConfig, dataset, split: str, device: torch.device):
     """The task sampler over one split of the data set; its complaints name the split."""
     data = dataset.split(split)
@@ -51,6 +63,7 @@ def build_sampler(cfg: DictConfig, dataset, split: str, device: torch.device):
 
 def build_algorithm(cfg: DictConfig, sampler):
     """The algorithm over a fresh backbone, checked against the sampler's task shape before any training."""
+    check_objective(cfg.algorithm, sampler.objective)
     model = build(cfg.backbone, "backbone")
     algorithm = build(cfg.algorithm, "algorithm", model=model, objective=sampler.objective)
     outputs = getattr(sampler, "ways", 1)

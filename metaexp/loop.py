@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from metaexp import checkpoint, distributed, rundir
-from metaexp.build import build, build_algorithm, build_sampler, resolve_device
+from metaexp.components import build, build_algorithm, build_sampler, resolve_device
 from metaexp.engine import MetaStep
 from metaexp.errors import MetaexpError
 from metaexp.evaluate import evaluate_batches, sampled_batches
@@ -24,7 +24,7 @@ from metaexp.resume import find_resume, restore
 from metaexp.settings import check_train
 from metaexp.tasks import task_generator
 
-log = logging.getLogger("metaexp.train")
+log = logging.getLogger("metaexp.loop")
 
 
 class Interrupted(MetaexpError):
@@ -86,8 +86,9 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
     check_train(cfg)
     run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = distributed.setup(resolve_device(cfg.trainer.device))
     with contextlib.ExitStack() as cleanup:
+        device = distributed.setup(resolve_device(cfg.trainer.device))
+        cleanup.push(distributed.teardown)
         stop = cleanup.enter_context(StopRequest())
         run_log = RunLog()
         cleanup.callback(run_log.close)
@@ -152,7 +153,7 @@ def loop(cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clo
     throughput of each logged lap."""
     trainer = cfg.trainer
     metric, higher_is_better = run.train_tasks.objective.metric, run.train_tasks.objective.higher_is_better
-    tasks_per_rank = shard(trainer.meta_batch)
+    tasks_per_rank = shard(trainer.meta_batch, "trainer.meta_batch")
     meta_step = MetaStep(run.algorithm, run.params, run.optimizer, device=device, precision=trainer.precision,
                          compile=trainer.compile, cuda_graph=trainer.cuda_graph, grad_clip=trainer.grad_clip,
                          task_chunk=trainer.task_chunk)
@@ -185,8 +186,7 @@ def loop(cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clo
         final = progress.step == trainer.steps
         if progress.step % trainer.log_every == 0 or final or stop.signal:
             tasks = (progress.step - logged_at) * trainer.meta_batch
-            loss, score = (distributed.average(s).item() * distributed.world_size() / tasks
-                           for s in (loss_sum, score_sum))
+            loss, score = (distributed.total(s).item() / tasks for s in (loss_sum, score_sum))
             check_value("training loss", loss, progress.step, run_dir, progress.saved_at)
             last["train"] = {"step": progress.step, "split": "train", "loss": loss, metric: score,
                              "tasks_per_sec": clock.lap(done_tasks), "elapsed_s": clock.elapsed()}
@@ -225,11 +225,12 @@ def loop(cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clo
 def validate(cfg: DictConfig, run: Run, step: int, tasks_per_rank: int, device, clock: Stopwatch) -> dict:
     """The val row: mean query loss and score over the run's fixed validation tasks (the same every time)."""
     generator = task_generator(cfg.seed, "val", device, distributed.rank())
-    batches = sampled_batches(run.val_tasks, shard(cfg.trainer.val_tasks), tasks_per_rank, generator)
+    batches = sampled_batches(run.val_tasks, shard(cfg.trainer.val_tasks, "trainer.val_tasks"), tasks_per_rank,
+                              generator)
     losses, scores = evaluate_batches(run.algorithm, run.params, batches)
     metric = run.val_tasks.objective.metric
-    return {"step": step, "split": "val", "loss": distributed.average(losses.mean()).item(),
-            metric: distributed.average(scores.mean()).item(), "tasks_per_sec": None, "elapsed_s": clock.elapsed()}
+    return {"step": step, "split": "val", "loss": distributed.mean(losses), metric: distributed.mean(scores),
+            "tasks_per_sec": None, "elapsed_s": clock.elapsed()}
 
 
 def check_value(name: str, value: float, step: int, run_dir: Path, saved_at: int | None) -> None:
@@ -305,13 +306,13 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def shard(count: int) -> int:
-    """This rank's share of `count` tasks."""
-    world = distributed.world_size()
-    if count % world:
-        raise MetaexpError(f"{count} tasks cannot be split evenly over {world} processes; make "
-                           f"trainer.meta_batch and trainer.val_tasks multiples of the process count.")
-    return count // world
+def shard(count: int, setting: str) -> int:
+    """This rank's share of `count` tasks: the first `count % world` ranks take one more."""
+    world, rank = distributed.world_size(), distributed.rank()
+    if count < world:
+        raise MetaexpError(f"{setting}={count} gives fewer tasks than the {world} processes; set it to at least "
+                           f"{world}.")
+    return count // world + (rank < count % world)
 
 
 def gather_generator_states(generator: torch.Generator) -> list:
