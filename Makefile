@@ -1,39 +1,56 @@
 # One place that owns the whole install: `make train` and `make test` work on a fresh machine.
-PYTHON ?= python3.11
+# The first Python >= 3.11 on PATH (3.11 first: this machine keeps torch 2.14.1 wheels for it on disk).
+PYTHON ?= $(firstword $(foreach p,python3.11 python3.12 python3.13 python3,$(shell command -v $(p) >/dev/null 2>&1 && $(p) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo $(p))))
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-STAMP  := $(VENV)/.installed
+PINS   := -c constraints.txt
+RUN    := $(VENV)/.installed
+DEV    := $(VENV)/.installed-dev
 
-.PHONY: install train test bench results clean
+.PHONY: help install install-dev train test lint bench wheel-check results clean
 
-install: $(STAMP)
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml Makefile
+install: $(RUN)  ## .venv with metaexp and its launchers and loggers (what `metaexp train` needs)
+
+$(RUN): pyproject.toml constraints.txt Makefile
+	@test -n "$(PYTHON)" || { echo "make: no Python >= 3.11 on PATH; install one, or run make PYTHON=/path/to/python3.11"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -U pip cython setuptools wheel numpy
-	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	# learn2learn 0.2.0's shipped C files do not build on Python >= 3.11: regenerate them with Cython.
-	$(PIP) install -q --no-build-isolation --no-deps learn2learn==0.2.0 --config-settings=--build-option=build_ext
-	$(PIP) install -q gym qpth requests scipy tqdm
-	$(PIP) install -q -e '.[dev,sweeps,cluster,logging,wandb,mlflow]'
-	touch $(STAMP)
+	$(PIP) install -q -U pip $(PINS) setuptools wheel
+	$(PIP) install -q $(PINS) -e '.[sweeps,cluster,logging,wandb,mlflow]'
+	touch $(RUN)
 
-train: install
+install-dev: $(DEV)  ## install, plus pytest, ruff and the learn2learn peer the tests and benchmarks compare against
+
+$(DEV): $(RUN)
+	$(PIP) install -q $(PINS) cython numpy pytest ruff
+	# learn2learn 0.2.0's shipped C files do not build on Python >= 3.11: regenerate them with Cython.
+	$(PIP) install -q $(PINS) --no-build-isolation --no-deps learn2learn==0.2.0 --config-settings=--build-option=build_ext
+	$(PIP) install -q $(PINS) gym qpth requests scipy tqdm
+	touch $(DEV)
+
+train: install  ## MAML on sinusoid regression, the embedded default (about a minute)
 	$(VENV)/bin/metaexp train
 
-test: install
+test: install-dev lint  ## the test suite (about 10 minutes on 2 cores)
 	$(VENV)/bin/pytest -q
 
-bench: install
+lint: install-dev  ## ruff over the package, tests and benchmarks
+	$(VENV)/bin/ruff check metaexp tests benchmarks
+
+bench: install-dev  ## engine and sampling benchmarks against learn2learn
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_engine.py --compile --configs a
 	$(PY) benchmarks/bench_sampling.py --compile
 
-# The results table of docs/results.md, from the run directories under outputs/results/.
-results: install
+wheel-check: install  ## build the wheel, install it into a clean venv, run every README command outside the checkout
+	bash ci/wheel_check.sh $(PYTHON)
+
+results: install  ## the results table of docs/results.md, from the run directories under outputs/results/
 	$(VENV)/bin/metaexp summarize outputs/results --presets --markdown
 	$(VENV)/bin/metaexp summarize outputs/results --plot docs/results_curves.png
 
-clean:
-	rm -rf $(VENV) .pytest_cache
+clean:  ## remove .venv and caches
+	rm -rf $(VENV) .pytest_cache dist build

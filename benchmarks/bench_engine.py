@@ -116,7 +116,8 @@ def main():
     if args.one:
         return measure(*args.one, args.device, args.seconds, args.cuda_graph, args.compile)
     import torch
-    print(f"device: {args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else f'{os.cpu_count()} CPU cores'}), "
+    card = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPU cores"
+    print(f"device: {args.device} ({card}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, cuda_graph={args.cuda_graph}, "
           f"compile={args.compile}")
     print(f"{'config':<34}{'learn2learn tasks/s':>20}{'metaexp tasks/s':>17}{'ratio':>8}"
@@ -124,11 +125,12 @@ def main():
     for name in args.configs:
         results = {}
         for impl in ("learn2learn", "metaexp"):
+            ours = impl == "metaexp"
             command = [sys.executable, __file__, "--one", impl, name, "--device", args.device,
-                       "--seconds", str(args.seconds)] + (["--cuda-graph"] if args.cuda_graph and impl == "metaexp" else []) \
-                + (["--compile"] if args.compile and impl == "metaexp" else [])
+                       "--seconds", str(args.seconds)] + (["--cuda-graph"] if args.cuda_graph and ours else []) \
+                + (["--compile"] if args.compile and ours else [])
             out = subprocess.run(command, capture_output=True, text=True)
-            lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+            lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
             results[impl] = json.loads(lines[-1]) if lines else {"tasks_per_sec": float("nan"), "peak_mb": float("nan"),
                                                                  "error": out.stderr.strip().splitlines()[-1:]}
         ways, shots, queries, meta_batch, steps = CONFIGS[name]

@@ -67,7 +67,8 @@ def guarded(task, cfg: DictConfig):
 def resume_sweep_command(hydra) -> str:
     """The command line that continues this sweep: the same arguments, its directory, trainer.resume=auto."""
     args = [a for a in sys.argv[1:] if not a.startswith(("trainer.resume=", "hydra.sweep.dir="))]
-    return shlex.join(["metaexp", hydra.job.name, *args, "trainer.resume=auto", f"hydra.sweep.dir={Path(hydra.sweep.dir).resolve()}"])
+    sweep_dir = Path(hydra.sweep.dir).resolve()
+    return shlex.join(["metaexp", hydra.job.name, *args, "trainer.resume=auto", f"hydra.sweep.dir={sweep_dir}"])
 
 
 def remove_if_empty(run_dir: Path) -> None:

@@ -142,7 +142,7 @@ def last_error(run: Path) -> str:
     if (run / "error.txt").is_file():
         return (run / "error.txt").read_text().strip()[:160]
     for log in sorted(run.glob("*.log")):
-        lines = [l for l in log.read_text(errors="replace").splitlines() if "error" in l.lower()]
+        lines = [line for line in log.read_text(errors="replace").splitlines() if "error" in line.lower()]
         if lines:
             return lines[-1].strip()[:160]
     return "no metrics written"

@@ -4,7 +4,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from metaexp.data.images import CIFAR_FS, FC100, CIFAR100Splits, ImageFolder, MiniImageNet

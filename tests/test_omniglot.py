@@ -1,5 +1,4 @@
 """The Omniglot loader on a small fixture in the official layout (folders and zips), and on the real data."""
-import shutil
 import zipfile
 from pathlib import Path
 

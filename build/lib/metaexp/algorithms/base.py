@@ -1,0 +1,137 @@
+"""What every algorithm shares: its parameters, the vmap over tasks, and the checks against its backbone."""
+from functools import partial
+
+import torch
+from torch import nn
+from torch.func import grad, vmap
+
+from metaexp.errors import MetaexpError
+from metaexp.models import embed
+from metaexp.objectives import CLASSIFICATION, Objective
+from metaexp.tasks import TaskBatch
+
+
+NATIVE_BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+class Algorithm:
+    """A meta-learning method as pure functions of (meta-parameters, one task), vmapped over the meta-batch.
+
+    The contract a subclass keeps:
+    - `task_loss(params, support_x, support_y, query_x, query_y, step)` returns (the scalar to differentiate,
+      the query loss, the query score) for ONE task. `step` is the meta-training step, or None at evaluation
+      (then use the evaluation settings, e.g. more inner steps). It runs under `vmap`: no in-place updates of
+      inputs, no Python branching on tensor values, no `.item()`.
+    - `adapt(params, support_x, support_y)` returns a function from query inputs to predictions, for one task.
+    - `params` is a flat dict: the backbone's weights by `named_parameters()` name, and the algorithm's own
+      learnables under `meta.` (learned inner rates, a logit scale); `init_params` creates both.
+    A new method in six lines (first-order MAML with a fixed inner rate):
+
+        class FirstOrderMAML(Algorithm):
+            def task_loss(self, params, support_x, support_y, query_x, query_y, step):
+                def support_loss(w):
+                    return self.objective.loss(predict(self.model, w, support_x), support_y)
+                fast = {k: w - 0.4 * g.detach() for (k, w), g in zip(params.items(), grad(support_loss)(params).values())}
+                prediction = predict(self.model, fast, query_x)
+                loss = self.objective.loss(prediction, query_y)
+                return loss, loss, self.objective.score(prediction, query_y)
+    """
+
+    uses_head = True
+    classification_only = False
+    # True where the meta-step changes as training goes (MAML++ schedules): a captured CUDA graph cannot follow.
+    changes_during_training = False
+
+    def __init__(self, model: nn.Module, objective: Objective):
+        self.model, self.objective = model, objective
+        self.check_objective(objective)
+        native = [name for name, m in model.named_modules() if isinstance(m, NATIVE_BATCH_NORM)]
+        if native:
+            raise MetaexpError(
+                f"The backbone uses torch's own batch norm ({', '.join(native[:3])}). Under torch.func's vmap its "
+                f"running statistics cannot be updated, and its second-order gradients come out wrong without an "
+                f"error (a 4.5e-3 relative error measured against a per-task loop). Use "
+                f"metaexp.models.layers.BatchNorm(channels) instead: the same normalisation over each task's own "
+                f"batch, written with plain ops, exact under vmap.")
+        if self.uses_head and not isinstance(model.head, nn.Linear):
+            raise MetaexpError(
+                f"{type(self).__name__} adapts the backbone's linear head, but this backbone has none "
+                f"(backbone.out_features=null). Set backbone.out_features, or pick protonet/matchingnet/metaoptnet.")
+
+    @classmethod
+    def check_objective(cls, objective: Objective) -> None:
+        """Refuse tasks this algorithm cannot learn (a class-level check: the CLI runs it before building)."""
+        if cls.classification_only and objective is not CLASSIFICATION:
+            raise MetaexpError(
+                f"{cls.__name__} classifies by comparing embeddings and cannot learn {objective.metric} regression "
+                f"tasks. Pick a gradient-based algorithm (maml, metasgd, reptile) for regression, or a "
+                f"classification data set (dataset=omniglot, dataset=image_folder, ...) for {cls.__name__}.")
+
+    def init_params(self) -> dict:
+        """Meta-parameters: the backbone's weights (less the head if unused), plus the algorithm's own."""
+        return {k: p.detach().clone() for k, p in self.model.named_parameters()
+                if self.uses_head or not k.startswith("head.")}
+
+    def model_params(self, params: dict) -> dict:
+        return {k: v for k, v in params.items() if not k.startswith("meta.")}
+
+    def meta_loss(self, params: dict, batch: TaskBatch, step: int | None = 0, chunk: int | None = None):
+        """(objective, per-task query losses [B], per-task scores [B]) for a meta-batch, vmapped over the
+        tasks `chunk` at a time (None: all at once)."""
+        task = partial(self.task_loss, step=step)
+        objectives, losses, scores = vmap(task, in_dims=(None, 0, 0, 0, 0), chunk_size=chunk)(params, *batch)
+        return objectives.mean(), losses.detach(), scores.detach()
+
+    def evaluate(self, params: dict, batch: TaskBatch):
+        """Per-task query losses and scores after adaptation with the evaluation settings."""
+        with torch.no_grad():
+            _, losses, scores = self.meta_loss(params, batch, step=None)
+        return losses, scores
+
+    def task_loss(self, params, support_x, support_y, query_x, query_y, step):
+        raise NotImplementedError
+
+    def adapt(self, params: dict, support_x, support_y):
+        """A function from one task's query inputs to predictions, after adapting to its support set."""
+        raise NotImplementedError
+
+
+def sgd(loss, weights: dict, rate, steps: int, first_order: bool = False):
+    """The inner loop: `steps` plain gradient steps on `loss(weights)`, `rate(name, i)` the step size of weight
+    `name` at step i; yields the weights after each step. `first_order` cuts the second-order terms."""
+    for i in range(steps):
+        grads = grad(loss)(weights)
+        weights = {k: w - rate(k, i) * (grads[k].detach() if first_order else grads[k]) for k, w in weights.items()}
+        yield weights
+
+
+def one_hot(labels: torch.Tensor, classes: int, dtype) -> torch.Tensor:
+    """One-hot rows for `labels`, safe under vmap."""
+    return (labels.unsqueeze(-1) == torch.arange(classes, device=labels.device)).to(dtype)
+
+
+class EmbeddingAlgorithm(Algorithm):
+    """Base of the metric/closed-form heads: no inner loop, a class decision made from support embeddings."""
+
+    uses_head = False
+    classification_only = True
+
+    def __init__(self, model: nn.Module, objective: Objective, ways: int):
+        super().__init__(model, objective)
+        self.ways = ways
+
+    def task_loss(self, params, support_x, support_y, query_x, query_y, step):
+        logits = self.adapt(params, support_x, support_y)(query_x)
+        loss = self.objective.loss(logits, query_y)
+        return loss, loss, self.objective.score(logits, query_y)
+
+    def adapt(self, params: dict, support_x, support_y):
+        # Support and queries pass the backbone together, as in training: batch norm uses their joint statistics.
+        def predict(query_x):
+            z = embed(self.model, params, torch.cat([support_x, query_x]))
+            support_z, query_z = z[:len(support_x)], z[len(support_x):]
+            return self.logits(params, support_z, one_hot(support_y, self.ways, z.dtype), query_z)
+        return predict
+
+    def logits(self, params, support_z, support_onehot, query_z):
+        raise NotImplementedError

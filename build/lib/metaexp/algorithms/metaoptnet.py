@@ -1,0 +1,20 @@
+"""MetaOptNet-RR / R2-D2 (Lee et al. 2019; Bertinetto et al. 2019): a differentiable closed-form ridge
+regression from support embeddings to one-hot labels, solved in the dual, with a learned logit scale."""
+import torch
+
+from metaexp.algorithms.base import EmbeddingAlgorithm
+
+
+class MetaOptNet(EmbeddingAlgorithm):
+    def __init__(self, model, objective, ways: int, ridge: float = 50.0, scale: float = 1.0):
+        super().__init__(model, objective, ways)
+        self.ridge, self.scale = ridge, scale
+
+    def init_params(self) -> dict:
+        return {**super().init_params(), "meta.scale": torch.tensor(self.scale)}
+
+    def logits(self, params, support_z, support_onehot, query_z):
+        gram = support_z @ support_z.T
+        eye = torch.eye(len(support_z), dtype=gram.dtype, device=gram.device)
+        weights = support_z.T @ torch.linalg.solve(gram + self.ridge * eye, support_onehot)
+        return params["meta.scale"] * (query_z @ weights)

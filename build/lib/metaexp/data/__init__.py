@@ -1,0 +1,1 @@
+"""Data sets: each returns tensors per split and knows nothing about episodes."""

@@ -1,0 +1,86 @@
+"""One meta-training step (meta-loss, backward, all-reduce, optimizer step), run eagerly, compiled, or
+replayed from a captured CUDA graph; optionally in bfloat16 autocast."""
+import contextlib
+
+import torch
+
+from metaexp import distributed
+from metaexp.errors import MetaexpError
+from metaexp.tasks import TaskBatch
+
+
+class MetaStep:
+    def __init__(self, algorithm, params: dict, optimizer, device: torch.device, precision: str = "fp32",
+                 compile: bool = False, cuda_graph: bool = False, grad_clip: float | None = None,
+                 task_chunk="auto"):
+        if precision not in ("fp32", "bf16"):
+            raise MetaexpError(f"trainer.precision={precision} is not one of fp32, bf16.")
+        if cuda_graph and device.type != "cuda":
+            raise MetaexpError("trainer.cuda_graph=true needs a CUDA device; set trainer.cuda_graph=false on "
+                               f"{device.type}.")
+        if cuda_graph and algorithm.changes_during_training:
+            raise MetaexpError("trainer.cuda_graph=true replays one fixed step, but the MAML++ schedules "
+                               "(multi_step_loss, first_order_until) change the step as training goes. "
+                               "Turn one of them off.")
+        self.algorithm, self.params, self.optimizer, self.device = algorithm, params, optimizer, device
+        self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" \
+            else contextlib.nullcontext
+        self.meta_loss = torch.compile(algorithm.meta_loss) if compile else algorithm.meta_loss
+        self.grad_clip, self.cuda_graph = grad_clip, cuda_graph
+        self.task_chunk = task_chunk
+        self.graph = None
+
+    def eager(self, batch: TaskBatch, step: int):
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            chunk = task_chunk_size(self.task_chunk, self.device, batch)
+            objective, losses, scores = self.meta_loss(self.params, batch, step, chunk)
+        objective.backward()
+        distributed.average_gradients(self.params.values(), weight=len(batch))
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params.values(), self.grad_clip)
+        self.optimizer.step()
+        return losses.float(), scores.float()
+
+    def __call__(self, batch: TaskBatch, step: int):
+        """Per-task query losses and scores of this meta-batch, on the device (no host sync)."""
+        if not self.cuda_graph:
+            return self.eager(batch, step)
+        if self.graph is None:
+            self.capture(batch, step)
+        for static, fresh in zip(self.static_batch, batch):
+            static.copy_(fresh)
+        self.graph.replay()
+        return self.static_out
+
+    def capture(self, batch: TaskBatch, step: int) -> None:
+        """Warm up on a side stream, capture one step, then restore the weights the warm-up changed."""
+        saved_params = {k: v.detach().clone() for k, v in self.params.items()}
+        saved_optim = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+                       for p, s in self.optimizer.state.items()}
+        self.static_batch = TaskBatch(*(t.clone() for t in batch))
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.eager(self.static_batch, step)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            self.static_out = self.eager(self.static_batch, step)
+        with torch.no_grad():
+            for k, v in self.params.items():
+                v.copy_(saved_params[k])
+            for p, state in self.optimizer.state.items():
+                for k, v in state.items():
+                    if torch.is_tensor(v):
+                        v.copy_(saved_optim[p][k]) if p in saved_optim else v.zero_()
+
+
+def task_chunk_size(task_chunk, device: torch.device, batch: TaskBatch) -> int | None:
+    """Tasks per vmap chunk. `auto`: the whole meta-batch, except for images on a CPU, where chunks of 4 tasks
+    whose conv activations fit the cache beat one large batch (benchmarks/bench_engine.py measures it)."""
+    if task_chunk == "auto":
+        return 4 if device.type == "cpu" and batch.support_x.dim() >= 5 else None
+    return task_chunk

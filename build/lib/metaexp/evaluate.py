@@ -1,0 +1,143 @@
+"""Evaluation: adapt on held-out tasks, report mean and 95% confidence interval, write eval.json."""
+import json
+import math
+import statistics
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from metaexp import checkpoint
+from metaexp.components import build, build_algorithm, build_sampler, resolve_device
+from metaexp.episodes import load_episodes, read_episodes, ways_of, write_episodes
+from metaexp.errors import MetaexpError
+from metaexp.files import replacing
+from metaexp.logs import console, summary_table
+from metaexp.rundir import checkpoint_file, run_dir_of
+from metaexp.settings import check_eval
+from metaexp.tasks import task_generator
+
+
+def sampled_batches(sampler, episodes: int, meta_batch: int, generator: torch.Generator, record: list | None = None):
+    """`episodes` tasks in meta-batches; with `record`, their (rows, rotations) draws are appended to it."""
+    for start in range(0, episodes, meta_batch):
+        size = min(meta_batch, episodes - start)
+        if record is None:
+            yield sampler.sample(size, generator)
+        else:
+            record.append(sampler.draw(size, generator))
+            yield sampler.episodes(*record[-1])
+
+
+def evaluate_batches(algorithm, params: dict, batches, dtype=None):
+    """Per-episode query losses and scores (CPU tensors) over an iterable of TaskBatches."""
+    losses, scores = [], []
+    for batch in batches:
+        loss, score = algorithm.evaluate(params, batch.to(dtype=dtype))
+        losses.append(loss.float().cpu())
+        scores.append(score.float().cpu())
+    if not losses:
+        raise MetaexpError("There are no episodes to evaluate: set eval.episodes above 0, or give an episode file "
+                           "that lists some.")
+    return torch.cat(losses), torch.cat(scores)
+
+
+def mean_ci95(values) -> tuple:
+    """Mean and 1.96 * sample std / sqrt(n) of a sequence of numbers."""
+    values = [float(v) for v in values]
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), 1.96 * std / math.sqrt(len(values))
+
+
+def write_report(path: Path, report: dict) -> None:
+    with replacing(path, "w") as file:
+        file.write(json.dumps(report, indent=2) + "\n")
+
+
+def report_name(settings: dict) -> str:
+    """`eval-<split>-<setting>[-<k>steps]-<n>ep[-seed<s>].json`, so evaluations in other settings sit side by
+    side (a 20-way evaluation does not replace the 5-way one) and a repeat of one setting replaces its own."""
+    sampler = settings["sampler"]
+    if settings["episodes_file"]:
+        setting = Path(settings["episodes_file"]).stem
+    elif "ways" in sampler:
+        setting = f"{sampler['ways']}w{sampler['shots']}s{sampler['queries']}q"
+    else:
+        setting = f"{sampler['shots']}shot{sampler['queries']}q"
+    steps = f"-{settings['inner_steps']}steps" if settings["inner_steps"] is not None else ""
+    seed = f"-seed{settings['seed']}" if settings["seed"] else ""
+    return f"eval-{settings['split']}-{setting}{steps}-{settings['episodes']}ep{seed}.json"
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> float:
+    """`metaexp eval`: rebuild the run from its checkpoint, score it on held-out tasks, write its report."""
+    check_eval(cfg)
+    path = checkpoint_file(Path(cfg.checkpoint))
+    state = checkpoint.load(path)
+    run_cfg = OmegaConf.create(state["config"])
+    protocol = run_cfg.get("test") or {}
+    episodes = load_episodes(Path(cfg.eval.episodes_file)) if cfg.eval.episodes_file else None
+    chosen = {**(protocol.get("sampler") or {}), **{k: v for k, v in cfg.sampler.items() if v is not None}}
+    if episodes is not None and "ways" in run_cfg.sampler:
+        chosen["ways"] = ways_of(episodes)  # the file's own N, whatever the run trained on
+    for key, value in chosen.items():
+        if key not in run_cfg.sampler:
+            raise MetaexpError(f"sampler.{key} does not apply to this checkpoint's sampler "
+                               f"({run_cfg.sampler._target_}); leave it unset.")
+        run_cfg.sampler[key] = value
+    if cfg.dataset.root is not None:
+        if "root" not in run_cfg.dataset:
+            raise MetaexpError(f"dataset.root does not apply: this checkpoint's data set "
+                               f"({run_cfg.dataset._target_}) is generated, not read from disk; leave it unset.")
+        run_cfg.dataset.root = cfg.dataset.root
+    device = resolve_device(cfg.trainer.device)
+    try:
+        dataset = build(run_cfg.dataset, "dataset")
+        sampler = build_sampler(run_cfg, dataset, cfg.eval.split, device)
+        algorithm = build_algorithm(run_cfg, sampler)
+    except (MetaexpError, OmegaConfBaseException) as error:
+        raise MetaexpError(f"The config saved in {path} cannot be rebuilt into a model: {error}") from error
+    inner_steps = cfg.eval.inner_steps if cfg.eval.inner_steps is not None else protocol.get("inner_steps")
+    if inner_steps is not None:
+        algorithm.eval_inner_steps = inner_steps
+    params = checked_params(algorithm.init_params(), state["params"], path)
+    params = {k: v.to(device) for k, v in params.items()}
+    draws = None
+    if episodes is not None:
+        batches = read_episodes(Path(cfg.eval.episodes_file), episodes, sampler, dataset, cfg.eval.meta_batch)
+    else:
+        if cfg.eval.save_episodes and not hasattr(sampler, "draw"):
+            raise MetaexpError("eval.save_episodes works for classification episodes only.")
+        draws = [] if cfg.eval.save_episodes else None
+        batches = sampled_batches(sampler, cfg.eval.episodes, cfg.eval.meta_batch,
+                                  task_generator(cfg.seed, cfg.eval.split, device), draws)
+    losses, scores = evaluate_batches(algorithm, params, batches)
+    if draws is not None:
+        write_episodes(Path(cfg.eval.save_episodes), draws, sampler.shots, cfg.eval.split)
+    metric = sampler.objective.metric
+    mean, ci95 = mean_ci95(scores.tolist())
+    settings = {"split": cfg.eval.split, "seed": cfg.seed, "episodes_file": cfg.eval.episodes_file,
+                "episodes": len(scores), "inner_steps": getattr(algorithm, "eval_inner_steps", None),
+                "sampler": {k: v for k, v in OmegaConf.to_container(run_cfg.sampler).items() if k != "_target_"}}
+    report = {"metric": metric, "mean": mean, "ci95": ci95, "episodes": len(scores),
+              "loss": losses.mean().item(), "checkpoint": str(path), "step": state["step"], "settings": settings}
+    output = Path(cfg.eval.output) if cfg.eval.output else run_dir_of(path) / report_name(settings)
+    write_report(output, report)
+    console.print(summary_table(f"metaexp eval ({cfg.eval.split})", {
+        metric: f"{mean:.4f} ± {ci95:.4f} (95% CI)", "episodes": len(scores), "checkpoint": str(path),
+        "step": state["step"], "written": str(output)}))
+    return mean
+
+
+def checked_params(expected: dict, saved: dict, path: Path) -> dict:
+    """The saved tensors for the parameters the rebuilt algorithm expects, with matching shapes."""
+    missing = [k for k in expected if k not in saved]
+    wrong = [k for k in expected if k in saved and saved[k].shape != expected[k].shape]
+    if missing or wrong:
+        detail = (f"missing {', '.join(missing[:4])}" if missing else
+                  f"{wrong[0]} is {tuple(saved[wrong[0]].shape)}, the model needs {tuple(expected[wrong[0]].shape)}")
+        raise MetaexpError(
+            f"The weights in {path} do not fit the model rebuilt from its config ({detail}). A head-based "
+            f"algorithm cannot change sampler.ways at evaluation; evaluate with the ways it was trained on.")
+    return {k: saved[k] for k in expected}

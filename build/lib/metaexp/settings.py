@@ -1,0 +1,118 @@
+"""Typed schemas of the settings the loop and `metaexp eval` read, checked before anything is built or written.
+
+The YAML files under conf/ hold the values; these dataclasses hold what a value may be, so that
+`trainer.steps=abc` or `trainer.meta_batch=0` ends in one paragraph naming the setting instead of a traceback
+(or, worse, a run that trains nothing and exits 0).
+"""
+from dataclasses import dataclass
+from typing import Any, Optional, get_args
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from metaexp.errors import MetaexpError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Trainer:
+    steps: int
+    meta_batch: int
+    device: str
+    precision: str
+    compile: bool
+    cuda_graph: bool
+    grad_clip: Optional[float]
+    task_chunk: Any
+    log_every: int
+    val_every: int
+    val_tasks: int
+    resume: Optional[str]
+
+    def check(self) -> None:
+        positive("trainer", self, "steps", "meta_batch", "log_every", "val_every", "val_tasks")
+        one_of("trainer.precision", self.precision, ("fp32", "bf16"))
+        if self.task_chunk != "auto" and not (isinstance(self.task_chunk, int) and self.task_chunk > 0):
+            refuse("trainer.task_chunk", self.task_chunk, "`auto` or a whole number of tasks above 0")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            refuse("trainer.grad_clip", self.grad_clip, "a norm above 0, or null for no clipping")
+
+
+@dataclass
+class Eval:
+    episodes: int
+    meta_batch: int
+    split: str
+    inner_steps: Optional[int]
+    output: Optional[str]
+    episodes_file: Optional[str]
+    save_episodes: Optional[str]
+
+    def check(self) -> None:
+        positive("eval", self, "episodes", "meta_batch")
+        one_of("eval.split", self.split, SPLITS)
+        if self.inner_steps is not None and self.inner_steps < 0:
+            refuse("eval.inner_steps", self.inner_steps, "0 or more inner steps, or null for the run's own")
+
+
+def check_train(cfg: DictConfig) -> None:
+    """Refuse a `metaexp train` config whose seed or trainer settings cannot be run as given."""
+    typed(cfg, "seed", int)
+    checked(cfg.trainer, Trainer, "trainer").check()
+
+
+def check_eval(cfg: DictConfig) -> None:
+    """Refuse a `metaexp eval` config without a checkpoint, or with settings that cannot be run."""
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise MetaexpError("metaexp eval needs a checkpoint: add checkpoint=PATH, the path of a run's "
+                           "checkpoints/best.pt or last.pt, or of its run directory.")
+    typed(cfg, "seed", int)
+    checked(cfg.eval, Eval, "eval").check()
+
+
+def checked(node: DictConfig, schema: type, prefix: str):
+    """`node` as an instance of `schema`, or a MetaexpError naming the first key of the wrong type."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+    except ConfigKeyError as error:
+        raise MetaexpError(f"{prefix}.{error.key} is not a setting of `{prefix}`. The settings are "
+                           f"{', '.join(schema.__dataclass_fields__)}; check the spelling.") from error
+    except ValidationError as error:
+        key = str(error.full_key).split(".")[-1]
+        expected = schema.__dataclass_fields__[key].type
+        raise MetaexpError(f"{prefix}.{key}={error.value!r} is not valid: it must be {describe(expected)}. "
+                           f"Set it again on the command line, e.g. {prefix}.{key}={example(expected)}.") from error
+
+
+def typed(cfg: DictConfig, key: str, kind: type) -> None:
+    value = cfg.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise MetaexpError(f"{key}={value!r} is not valid: it must be {describe(kind)}, e.g. {key}={example(kind)}.")
+
+
+def positive(prefix: str, settings, *keys: str) -> None:
+    for key in keys:
+        if getattr(settings, key) < 1:
+            refuse(f"{prefix}.{key}", getattr(settings, key), "a whole number of 1 or more")
+
+
+def one_of(key: str, value, choices: tuple) -> None:
+    if value not in choices:
+        refuse(key, value, f"one of {', '.join(choices)}")
+
+
+def refuse(key: str, value, expected: str):
+    raise MetaexpError(f"{key}={value!r} is not valid: it must be {expected}. Set it again on the command line.")
+
+
+def describe(kind) -> str:
+    """Words for a schema type: `Optional[float]` reads "a number or null"."""
+    options = [k for k in get_args(kind) if k is not type(None)] or [kind]
+    words = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}.get(options[0], "a value")
+    return f"{words} or null" if len(options) < len(get_args(kind)) else words
+
+
+def example(kind) -> str:
+    options = [k for k in get_args(kind) if k is not type(None)] or [kind]
+    return {int: "10", float: "1.0", bool: "true", str: "auto"}.get(options[0], "1")
