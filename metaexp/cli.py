@@ -24,7 +24,8 @@ commands:
   eval       evaluate a checkpoint on held-out tasks (`metaexp eval checkpoint=PATH [eval.episodes=600]`)
   summarize  tabulate and plot run directories (`metaexp summarize DIR... [--csv|--markdown] [--plot F]`)
 
-`metaexp <command> --help` lists its config groups and options; `--cfg job` prints the composed config."""
+`metaexp <command> --help` lists its config groups and options; `--cfg job` prints the composed config.
+`metaexp --version` prints the version."""
 
 
 def exit_with(error: MetaexpError, code: int = 2):
@@ -111,6 +112,10 @@ def dispatch(args: list) -> None:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         raise SystemExit(0 if args else 2)
+    if args[0] in ("-V", "--version"):
+        from metaexp import __version__
+        print(f"metaexp {__version__}")
+        return
     command, rest = args[0], args[1:]
     apps = {"train": train_app, "eval": eval_app}
     if command == "summarize":

@@ -5,6 +5,8 @@ import argparse
 import csv
 import io
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -13,11 +15,19 @@ import yaml
 from metaexp.errors import MetaexpError
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from metaexp.logs import console, read_metrics
 
-COLUMNS = ["run", "test", "test metric", "published", "best val", "final val", "steps", "wall time (s)",
-           "tasks/s", "machine", "status"]
+# (display heading, record field) of the table; CSV and JSON use the field names and plain numbers.
+COLUMNS = [("run", "label"), ("test", "test"), ("test metric", "test_mean"), ("published", "published"),
+           ("best val", "best_val"), ("final val", "final_val"), ("steps", "steps"), ("wall time (s)", "wall_time_s"),
+           ("tasks/s", "tasks_per_sec"), ("machine", "machine"), ("status", "status")]
+FIELDS = ["label", "test", "metric", "higher_is_better", "test_mean", "test_ci95", "ci", "episodes", "n_seeds",
+          "published", "best_val", "final_val", "steps", "wall_time_s", "tasks_per_sec", "machine", "status", "run"]
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (any statistics table).
+T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
 
 def find_runs(paths: list) -> list:
@@ -77,8 +87,8 @@ def describe(run: Path) -> list:
     config, overrides, rows = load_run(run)
     metric = next((k for r in rows for k in ("accuracy", "mse") if k in r), None)
     higher = metric == "accuracy"
-    val = [r for r in rows if r["split"] == "val"]
-    train = [r for r in rows if r["split"] == "train" and r.get("tasks_per_sec")]
+    val = [r for r in rows if r["split"] == "val" and r.get(metric) is not None]
+    laps = [r["tasks_per_sec"] for r in rows if r["split"] == "train" and r.get("tasks_per_sec")]
     steps = max((r["step"] for r in rows), default=0)
     planned = config.get("trainer", {}).get("steps")
     status = "done" if steps and steps == planned else (f"stopped at step {steps}" if steps else
@@ -87,30 +97,47 @@ def describe(run: Path) -> list:
     base = {
         "run": str(run), "overrides": [o for o in overrides if not o.startswith("hydra.")],
         "preset": next((o.partition("=")[2] for o in overrides if o.startswith("experiment=")), None),
-        "metric": metric, "val_curve": [(r["step"], r[metric]) for r in val] if metric else [],
-        "best val": (max if higher else min)(r[metric] for r in val) if val else None,
-        "final val": val[-1][metric] if val else None, "steps": steps,
-        "wall time (s)": max((r["elapsed_s"] for r in rows), default=None),
-        "tasks/s": sum(r["tasks_per_sec"] for r in train) / len(train) if train else None,
-        "machine": json.loads(machine_file.read_text())["device"] if machine_file.is_file() else None,
-        "status": status, "published": None}
+        "metric": metric, "higher_is_better": higher if metric else None, "protocol": protocol(config, metric),
+        "val_curve": [(r["step"], r[metric]) for r in val],
+        "best_val": (max if higher else min)(r[metric] for r in val) if val else None,
+        "final_val": val[-1][metric] if val else None, "steps": steps,
+        "wall_time_s": max((r["elapsed_s"] for r in rows if r.get("elapsed_s") is not None), default=None),
+        # The median lap, as `metaexp train` prints it: laps leave validation time out (metaexp.logs.Stopwatch).
+        "tasks_per_sec": statistics.median(laps) if laps else None,
+        "machine": json.loads(machine_file.read_text()).get("device") if machine_file.is_file() else None,
+        "status": status, "published": None, "n_seeds": 1}
     evals = sorted(run.glob("eval*.json"))
     if not evals:
-        return [{**base, "test": None, "test metric": None, "test ci95": None}]
+        return [{**base, "test": None, "test_mean": None, "test_ci95": None, "episodes": None, "ci": None}]
     records = []
     for path in evals:
         report = read_report(path)
-        sampler = report["settings"]["sampler"]
-        setting = f"{sampler['ways']}w{sampler['shots']}s" if "ways" in sampler else f"{sampler['shots']}shot"
-        records.append({**base, "test": setting, "test metric": report["mean"], "test ci95": report["ci95"],
-                        "episodes": report["episodes"]})
+        records.append({**base, "test": setting(report["settings"]["sampler"]), "test_mean": report["mean"],
+                        "test_ci95": report["ci95"], "episodes": report["episodes"],
+                        "ci": f"95% normal interval over {report['episodes']} episodes"})
     return records
+
+
+def setting(sampler: dict) -> str:
+    """`5w1s` for classification episodes, `10shot` for regression."""
+    return f"{sampler['ways']}w{sampler['shots']}s" if "ways" in sampler else f"{sampler['shots']}shot"
+
+
+def protocol(config: dict, metric: str | None) -> str:
+    """The validation protocol of a run (its training sampler's setting): curves of different protocols are
+    not comparable and get panels of their own."""
+    sampler = {k: v for k, v in (config.get("sampler") or {}).items() if k in ("ways", "shots")}
+    try:
+        return f"{metric}, {setting(sampler)}"
+    except KeyError:
+        return str(metric)
 
 
 def published_tables() -> dict:
     """Each conf/experiment preset's published figures, keyed by test setting (e.g. {"5w1s": 0.988})."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
+
     from metaexp.api import config_dir
     conf = Path(config_dir())
     tables = {}
@@ -130,12 +157,14 @@ def attach_published(records: list, tables: dict) -> None:
 
 def preset_records(records: list, tables: dict) -> list:
     """A 'not yet run' record for each published setting of each preset that no run evaluated."""
-    done = {(r["preset"], r["test"]) for r in records if r["test metric"] is not None}
+    done = {(r["preset"], r["test"]) for r in records if r["test_mean"] is not None}
     return [{"run": preset, "label": preset, "config": preset, "preset": preset, "overrides": [], "metric": None,
-             "val_curve": [], "test": setting, "test metric": None, "test ci95": None, "published": value,
-             "best val": None, "final val": None, "steps": 0, "wall time (s)": None, "tasks/s": None,
-             "machine": None, "status": "not yet run"}
-            for preset, table in tables.items() for setting, value in table.items() if (preset, setting) not in done]
+             "higher_is_better": None, "protocol": None, "val_curve": [], "test": setting_name, "test_mean": None,
+             "test_ci95": None, "ci": None, "episodes": None, "n_seeds": 0, "published": value, "best_val": None,
+             "final_val": None, "steps": 0, "wall_time_s": None, "tasks_per_sec": None, "machine": None,
+             "status": "not yet run"}
+            for preset, table in tables.items() for setting_name, value in table.items()
+            if (preset, setting_name) not in done]
 
 
 def last_error(run: Path) -> str:
@@ -148,8 +177,14 @@ def last_error(run: Path) -> str:
     return "no metrics written"
 
 
+def short(override: str) -> str:
+    """An override for a label: a path value shortened to its last part (`dataset.root=.../omniglot`)."""
+    key, _, value = override.partition("=")
+    return f"{key}=.../{Path(value).name}" if "/" in value else override
+
+
 def label_runs(records: list) -> None:
-    """Name each record by the overrides that differ between runs (or its directory when none differ)."""
+    """Name each record by the overrides that differ between runs (or its directory name when none differ)."""
     keys = {}
     for r in records:
         for o in r["overrides"]:
@@ -158,70 +193,86 @@ def label_runs(records: list) -> None:
     differing = {k for k, values in keys.items() if len(values) > 1 or any(
         k not in {o.partition("=")[0] for o in r["overrides"]} for r in records)}
     for r in records:
-        parts = [o for o in r["overrides"] if o.partition("=")[0] in differing]
+        parts = [short(o) for o in r["overrides"] if o.partition("=")[0] in differing]
         r["label"] = " ".join(parts) or Path(r["run"]).name
         r["config"] = " ".join(p for p in parts if not p.startswith("seed="))
 
 
+def t_interval(values: list) -> float:
+    """Half-width of the 95% t-interval of the mean of a few values (seeds): t(0.975, n-1) * s / sqrt(n)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    t = T95[n - 2] if n - 1 <= len(T95) else 1.96
+    return t * statistics.stdev(values) / math.sqrt(n)
+
+
 def by_config(records: list) -> list:
-    """Records averaged over seeds: one per (config, test setting)."""
+    """Records averaged over seeds: one per (config, test setting); the CI is a t-interval over the seeds."""
     groups = {}
     for r in records:
         groups.setdefault((r["config"], r["test"]), []).append(r)
-    from metaexp.evaluate import mean_ci95
     merged = []
     for (config, test), group in groups.items():
         def mean(key):
             values = [g[key] for g in group if g[key] is not None]
             return sum(values) / len(values) if values else None
-        tests = [g["test metric"] for g in group if g["test metric"] is not None]
-        ci = group[0]["test ci95"] if len(tests) == 1 else mean_ci95(tests)[1] if tests else None
-        merged.append({**group[0], "label": f"{config or 'all'} (n={len(group)})", "test metric": mean("test metric"),
-                       "test ci95": ci, "best val": mean("best val"), "final val": mean("final val"),
-                       "wall time (s)": mean("wall time (s)"), "tasks/s": mean("tasks/s"),
+        tests = [g["test_mean"] for g in group if g["test_mean"] is not None]
+        single = len(tests) == 1
+        merged.append({**group[0], "label": f"{config or 'all'} (n={len(group)})", "test_mean": mean("test_mean"),
+                       "test_ci95": group[0]["test_ci95"] if single else t_interval(tests) if tests else None,
+                       "ci": group[0]["ci"] if single else f"95% t interval over {len(tests)} seeds" if tests else None,
+                       "n_seeds": len(group), "best_val": mean("best_val"), "final_val": mean("final_val"),
+                       "wall_time_s": mean("wall_time_s"), "tasks_per_sec": mean("tasks_per_sec"),
                        "status": ", ".join(sorted({g["status"] for g in group})),
                        "val_curves": [g["val_curve"] for g in group]})
     return merged
 
 
 def cells(r: dict) -> list:
+    """The display strings of a record's table row."""
     def number(v, digits=4):
         return "" if v is None else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
-    test = "" if r["test metric"] is None else f"{r['test metric']:.4f} ± {r['test ci95']:.4f}"
-    return [r["label"], r["test"] or "", test, number(r["published"]), number(r["best val"]),
-            number(r["final val"]), str(r["steps"]), number(r["wall time (s)"], 5), number(r["tasks/s"]),
-            r["machine"] or "", r["status"]]
+    shown = {field: number(r.get(field)) for _, field in COLUMNS}
+    shown["label"], shown["test"], shown["machine"], shown["status"] = (r["label"], r["test"] or "",
+                                                                        r["machine"] or "", r["status"])
+    shown["wall_time_s"] = number(r["wall_time_s"], 5)
+    if r["test_mean"] is not None:
+        shown["test_mean"] = f"{r['test_mean']:.4f} ± {r['test_ci95']:.4f}"
+    return [shown[field] for _, field in COLUMNS]
 
 
 def plot(records: list, path: Path, grouped: bool) -> None:
-    """Validation metric vs step, one panel per metric, one line per run or config (band: min-max over seeds)."""
-    import textwrap
-
+    """Validation metric vs step: one panel per validation protocol (metric and training setting), one line with
+    markers per run or config (band: min-max over seeds)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    metrics = sorted({r["metric"] for r in records if r["metric"]})
-    if not metrics:
+    from matplotlib.ticker import MaxNLocator
+    protocols = sorted({r["protocol"] for r in records if r["metric"] and r["val_curve"]})
+    if not protocols:
         raise MetaexpError("None of these runs has validation metrics to plot yet.")
-    figure, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 5.5), squeeze=False)
-    for axis, metric in zip(axes[0], metrics):
+    figure, axes = plt.subplots(1, len(protocols), figsize=(6.5 * len(protocols), 5), squeeze=False)
+    for axis, name in zip(axes[0], protocols):
         seen = set()
         for r in records:
             curves = [c for c in (r.get("val_curves") if grouped else [r["val_curve"]]) if c]
-            if r["metric"] != metric or r["label"] in seen or not curves:
+            if r["protocol"] != name or r["label"] in seen or not curves:
                 continue
             seen.add(r["label"])
             steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
             values = [[dict(c)[s] for c in curves] for s in steps]
-            line, = axis.plot(steps, [sum(v) / len(v) for v in values], label=textwrap.fill(r["label"], 70))
+            label = r["label"] if len(r["label"]) <= 40 else r["label"][:37] + "..."
+            line, = axis.plot(steps, [sum(v) / len(v) for v in values], marker="o", markersize=4, label=label)
             if len(curves) > 1:
                 axis.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2,
                                   color=line.get_color())
-        axis.set_xlabel("step")
-        axis.set_ylabel(f"validation {metric}")
-        axis.set_title(f"validation {metric}" + (" (mean; band: min-max over seeds)" if grouped else ""))
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("meta-training step")
+        axis.set_ylabel(f"validation {name.split(',')[0]}")
+        axis.set_title(f"validation: {name}" + (" (mean; band: min-max over seeds)" if grouped else ""))
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+        axis.legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110, bbox_inches="tight")
 
@@ -230,8 +281,9 @@ def main(argv: list) -> None:
     parser = argparse.ArgumentParser(prog="metaexp summarize", description=__doc__)
     parser.add_argument("dirs", nargs="+", help="run directories or multirun directories")
     parser.add_argument("--by", choices=["run", "config"], default="run",
-                        help="one row per run, or per config averaged over seeds")
-    parser.add_argument("--csv", action="store_true", help="write CSV to standard output")
+                        help="one row per run, or per config averaged over seeds (95%% t-interval over the seeds)")
+    parser.add_argument("--csv", action="store_true", help="write CSV (numeric columns) to standard output")
+    parser.add_argument("--json", action="store_true", help="write the records as JSON to standard output")
     parser.add_argument("--markdown", action="store_true", help="write a Markdown table to standard output")
     parser.add_argument("--plot", type=Path, help="write learning curves (validation metric vs step) to this PNG")
     parser.add_argument("--presets", action="store_true",
@@ -257,22 +309,26 @@ def main(argv: list) -> None:
         attach_published(records, tables)
         if args.presets:
             records += preset_records(records, tables)
-    table = [cells(r) for r in records]
     if args.csv:
         out = io.StringIO()
-        csv.writer(out).writerows([COLUMNS, *table])
+        writer = csv.DictWriter(out, FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
         sys.stdout.write(out.getvalue())
+    elif args.json:
+        sys.stdout.write(json.dumps([{k: r.get(k) for k in FIELDS} for r in records], indent=2) + "\n")
     elif args.markdown:
-        sys.stdout.write("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n")
-        sys.stdout.writelines("| " + " | ".join(row) + " |\n" for row in table)
+        headings = [heading for heading, _ in COLUMNS]
+        sys.stdout.write("| " + " | ".join(headings) + " |\n|" + "---|" * len(headings) + "\n")
+        sys.stdout.writelines("| " + " | ".join(cells(r)) + " |\n" for r in records)
     else:
-        from rich.table import Table
-        rich_table = Table(title=f"metaexp summarize ({len(records)} rows)")
-        for column in COLUMNS:
-            rich_table.add_column(column, overflow="fold")
-        for row in table:
-            rich_table.add_row(*row)
-        console.print(rich_table)
+        table = Table(title=f"metaexp summarize ({len(records)} rows; test metric: mean ± 95% CI)")
+        for heading, _ in COLUMNS:
+            table.add_column(heading, no_wrap=heading != "status")
+        for r in records:
+            table.add_row(*cells(r))
+        # A pipe or a file has no width: print the table whole instead of folding it at 80 columns.
+        (console if console.is_terminal else Console(width=10_000)).print(table)
     if args.plot:
         plot(records, args.plot, grouped)
         console.print(f"learning curves written to {args.plot}")

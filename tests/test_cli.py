@@ -5,14 +5,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import yaml
 
-from conftest import ROOT, only_report
-from test_omniglot import make_layout
+from conftest import ROOT, TINY, make_layout, only_report
 
-FAST = ["trainer.steps=6", "trainer.log_every=2", "trainer.val_every=3", "trainer.val_tasks=10",
-        "trainer.meta_batch=5", "trainer.device=cpu"]
+pytestmark = pytest.mark.slow
+FAST = TINY
 
 
 def rows(run_dir):
@@ -47,12 +47,12 @@ def test_train_writes_run_directory_and_eval_scores_it(cli, tmp_path):
     assert result.returncode == 0, result.stderr
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "train.log").read_text()
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert state["step"] == 6 and set(state) >= {"params", "optimizer", "generator", "config"}
+    assert state["step"] == 4 and set(state) >= {"params", "optimizer", "generator", "config"}
     assert (run / "checkpoints" / "best.pt").is_file()
     metrics = rows(run)
     assert {r["split"] for r in metrics} == {"train", "val"}
     assert all({"step", "split", "loss", "mse", "tasks_per_sec", "elapsed_s"} <= set(r) for r in metrics)
-    assert [r["step"] for r in metrics if r["split"] == "train"] == [2, 4, 6]
+    assert [r["step"] for r in metrics if r["split"] == "train"] == [1, 2, 3, 4]
     assert "run directory" in result.stdout and str(run) in result.stdout
 
     scored = cli("eval", f"checkpoint={run / 'checkpoints' / 'best.pt'}", "eval.episodes=50", "sampler.shots=5",
@@ -75,7 +75,7 @@ def test_same_seed_same_metrics(cli, tmp_path):
 def test_resume_ends_with_the_same_parameters(cli, tmp_path):
     straight, first, second = tmp_path / "straight", tmp_path / "first", tmp_path / "second"
     assert cli("train", *FAST, f"hydra.run.dir={straight}").returncode == 0
-    assert cli("train", *FAST, "trainer.steps=4", f"hydra.run.dir={first}").returncode == 0
+    assert cli("train", *FAST, "trainer.steps=2", f"hydra.run.dir={first}").returncode == 0
     resumed = cli("train", *FAST, f"trainer.resume={first}", f"hydra.run.dir={second}")
     assert resumed.returncode == 0, resumed.stderr
     a, b = params(straight / "checkpoints/last.pt"), params(second / "checkpoints/last.pt")
@@ -158,6 +158,6 @@ def test_mismatched_algorithm_backbone_and_tasks_fail_before_training(cli, tmp_p
                      *FAST, f"hydra.run.dir={tmp_path / 'b'}")
     assert wrong_ways.returncode == 2 and "head has 3 outputs but the tasks need 5" in wrong_ways.stdout
     regression = cli("train", "algorithm=protonet", *FAST, f"hydra.run.dir={tmp_path / 'c'}")
-    assert regression.returncode == 2 and "sampler.ways" in regression.stdout
+    assert regression.returncode == 2 and "cannot learn mse regression" in regression.stdout
     for name in "abc":
         assert not (tmp_path / name / "checkpoints").exists()

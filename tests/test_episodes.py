@@ -5,21 +5,21 @@ import shutil
 
 import pytest
 
-from test_omniglot import make_layout
 
-TINY = ["algorithm=protonet", "dataset=omniglot", "dataset.split_scheme=lake", "dataset.download=false",
-        "sampler.ways=3", "sampler.shots=1", "sampler.queries=2", "backbone.hidden=8", "trainer.steps=4",
-        "trainer.meta_batch=2", "trainer.log_every=2", "trainer.val_every=4", "trainer.val_tasks=4",
-        "trainer.device=cpu"]
+from conftest import TINY, make_layout, run_cli
+
+pytestmark = pytest.mark.slow
+PROTONET = ["algorithm=protonet", "dataset=omniglot", "dataset.split_scheme=lake", "dataset.download=false",
+            "sampler.ways=3", "sampler.shots=1", "sampler.queries=2", "test.sampler.ways=3", "test.sampler.queries=2",
+            "backbone.hidden=8", *TINY]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from conftest import run_cli
     base = tmp_path_factory.mktemp("episodes")
     root = make_layout(base / "omniglot")
     run = base / "run"
-    result = run_cli("train", *TINY, f"dataset.root={root}", f"hydra.run.dir={run}", cwd=base)
+    result = run_cli("train", *PROTONET, f"dataset.root={root}", f"hydra.run.dir={run}", cwd=base)
     assert result.returncode == 0, result.stdout + result.stderr
     return base, root, run / "checkpoints" / "last.pt"
 

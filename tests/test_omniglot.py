@@ -4,29 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
-from conftest import only_report
+from conftest import ALPHABETS, make_layout, only_report
 from metaexp.data.omniglot import Omniglot
 from metaexp.errors import MetaexpError
 
-ALPHABETS = {"images_background": ["Hebrew", "Latin", "Korean"], "images_evaluation": ["Angelic", "Tengwar"]}
-
-
-def make_layout(root: Path, drawings=4) -> Path:
-    """A tiny official layout: black ink (0) on white (1), 105x105 one-bit PNGs; two characters per alphabet."""
-    for archive, alphabets in ALPHABETS.items():
-        for a, alphabet in enumerate(alphabets):
-            for c in (1, 2):
-                folder = root / archive / alphabet / f"character{c:02d}"
-                folder.mkdir(parents=True)
-                for d in range(drawings):
-                    image = Image.new("1", (105, 105), 1)
-                    for x in range(10 + 5 * a + c, 60 + d * 5):
-                        for y in range(40, 60):
-                            image.putpixel((x, y), 0)
-                    image.save(folder / f"{a:02d}{c:02d}_{d + 1:02d}.png")
-    return root
 
 
 def zip_layout(folders: Path, target: Path) -> Path:
@@ -119,6 +101,7 @@ def test_vinyals_split_matches_the_published_class_lists(omniglot_root, tmp_path
         assert len(ours.images) == 20 * len(published)
 
 
+@pytest.mark.slow
 def test_protonet_trains_and_evaluates_on_real_omniglot(omniglot_root, cli, tmp_path):
     run = tmp_path / "run"
     trained = cli("train", "algorithm=protonet", "dataset=omniglot", f"dataset.root={omniglot_root}",

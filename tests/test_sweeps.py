@@ -6,8 +6,9 @@ import json
 import pytest
 import yaml
 
-TINY = ["trainer.steps=6", "trainer.log_every=3", "trainer.val_every=3", "trainer.val_tasks=10",
-        "trainer.meta_batch=5", "trainer.device=cpu"]
+from conftest import TINY
+
+pytestmark = pytest.mark.slow
 
 
 def sweep_dir(base):
@@ -23,8 +24,8 @@ def test_joblib_grid_then_summarize_by_run_and_config_with_plot(cli, tmp_path):
     table = cli("summarize", str(runs), "--csv")
     rows = list(csv.DictReader(io.StringIO(table.stdout)))
     assert table.returncode == 0 and len(rows) == 4
-    assert {r["run"] for r in rows} == {f"algorithm={a} seed={s}" for a in ("maml", "metasgd") for s in (0, 1)}
-    assert all(r["status"] == "done" and r["steps"] == "6" and float(r["best val"]) > 0 for r in rows)
+    assert {r["label"] for r in rows} == {f"algorithm={a} seed={s}" for a in ("maml", "metasgd") for s in (0, 1)}
+    assert all(r["status"] == "done" and r["steps"] == "4" and float(r["best_val"]) > 0 for r in rows)
     grouped = cli("summarize", str(runs), "--by", "config", "--markdown", "--plot", str(tmp_path / "curves.png"))
     assert grouped.returncode == 0
     assert "| algorithm=maml (n=2) |" in grouped.stdout and "| algorithm=metasgd (n=2) |" in grouped.stdout
@@ -58,7 +59,7 @@ def test_failed_job_is_reported_and_others_finish(cli, tmp_path):
     assert "1 job(s) of the sweep failed" in result.stdout and str(runs / "1") in result.stdout
     assert (runs / "0" / "checkpoints" / "last.pt").is_file()
     table = cli("summarize", str(runs), "--csv")
-    statuses = {r["run"]: r["status"] for r in csv.DictReader(io.StringIO(table.stdout))}
+    statuses = {r["label"]: r["status"] for r in csv.DictReader(io.StringIO(table.stdout))}
     assert statuses["algorithm.inner_lr=0.01"] == "done"
     assert statuses["algorithm.inner_lr=1e+30"].startswith("failed: The training loss became nan")
 
@@ -70,7 +71,7 @@ def test_killed_run_is_summarised_as_stopped(cli, tmp_path):
     config["trainer"]["steps"] = 100
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     table = cli("summarize", str(run), "--csv")
-    assert next(csv.DictReader(io.StringIO(table.stdout)))["status"] == "stopped at step 6"
+    assert next(csv.DictReader(io.StringIO(table.stdout)))["status"] == "stopped at step 4"
 
 
 def test_unknown_launcher_and_empty_summarize_directory(cli, tmp_path):
@@ -109,3 +110,43 @@ def test_mlflow_logger_records_the_metrics(cli, tmp_path):
     last_val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert last_val["split"] == "val" and len(logged) == 1
     assert logged["metrics.val_mse"][0] == pytest.approx(last_val["mse"])
+
+
+def fake_run(directory, seed, accuracy, steps=(100, 200)):
+    """A run directory as `metaexp train` + `metaexp eval` leave it, without training."""
+    (directory / ".hydra").mkdir(parents=True)
+    config = {"sampler": {"ways": 5, "shots": 1}, "trainer": {"steps": steps[-1]}}
+    (directory / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    overrides = [f"seed={seed}", "dataset.root=/data/x/omniglot"]
+    (directory / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    rows = [{"step": s, "split": "train", "loss": 1.0, "accuracy": 0.5, "tasks_per_sec": 10.0 * (i + 1),
+             "elapsed_s": float(s)} for i, s in enumerate(steps)]
+    rows += [{"step": s, "split": "val", "loss": 1.0, "accuracy": accuracy, "tasks_per_sec": None, "elapsed_s": 1.0}
+             for s in steps]
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = {"metric": "accuracy", "mean": accuracy, "ci95": 0.01, "episodes": 600, "loss": 1.0, "step": 200,
+              "settings": {"sampler": {"ways": 5, "shots": 1, "queries": 15}}}
+    (directory / "eval-test-5w1s15q-600ep.json").write_text(json.dumps(report))
+
+
+def test_summarize_gives_numbers_json_and_a_t_interval_over_seeds(cli, tmp_path):
+    for seed, accuracy in ((0, 0.90), (1, 0.92), (2, 0.97)):
+        fake_run(tmp_path / "runs" / str(seed), seed, accuracy)
+    table = cli("summarize", str(tmp_path / "runs"), "--csv")
+    rows = list(csv.DictReader(io.StringIO(table.stdout)))
+    assert [float(r["test_mean"]) for r in rows] == [0.90, 0.92, 0.97]
+    assert {r["metric"] for r in rows} == {"accuracy"} and {r["episodes"] for r in rows} == {"600"}
+    assert {float(r["tasks_per_sec"]) for r in rows} == {15.0}, "the median lap, as the train summary prints"
+    assert all("/data/" not in r["label"] for r in rows), "path values are shortened in labels"
+    grouped = json.loads(cli("summarize", str(tmp_path / "runs"), "--by", "config", "--json").stdout)
+    assert len(grouped) == 1 and grouped[0]["n_seeds"] == 3
+    values = [0.90, 0.92, 0.97]
+    mean = sum(values) / 3
+    std = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5
+    assert grouped[0]["test_ci95"] == pytest.approx(4.303 * std / 3 ** 0.5)
+    assert grouped[0]["ci"] == "95% t interval over 3 seeds"
+    wide = cli("summarize", str(tmp_path / "runs"), env={"COLUMNS": "80"})
+    assert all(len(line) > 80 for line in wide.stdout.splitlines() if "seed=" in line), "rows are not folded"
+    fake_run(tmp_path / "one", 0, 0.5, steps=(7,))
+    assert cli("summarize", str(tmp_path / "one"), "--plot", str(tmp_path / "one.png")).returncode == 0
+    assert (tmp_path / "one.png").stat().st_size > 1000

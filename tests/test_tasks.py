@@ -80,8 +80,10 @@ def test_split_generators_differ_between_splits_and_ranks():
 
 
 def test_impossible_episodes_are_refused():
-    with pytest.raises(MetaexpError, match="only 32 classes"):
-        EpisodeSampler(identified_split(), ways=33, shots=1, queries=1)
+    with pytest.raises(MetaexpError, match=r"only 32 classes \(8 x 4 rotations\)"):
+        EpisodeSampler(identified_split(), ways=33, shots=1, queries=1, rotations=True)
+    with pytest.raises(MetaexpError, match="only 8 classes"):
+        EpisodeSampler(identified_split(), ways=9, shots=1, queries=1)
     with pytest.raises(MetaexpError, match="smallest class of the split has 6"):
         EpisodeSampler(identified_split(), ways=2, shots=5, queries=2)
 

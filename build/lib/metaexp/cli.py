@@ -24,7 +24,8 @@ commands:
   eval       evaluate a checkpoint on held-out tasks (`metaexp eval checkpoint=PATH [eval.episodes=600]`)
   summarize  tabulate and plot run directories (`metaexp summarize DIR... [--csv|--markdown] [--plot F]`)
 
-`metaexp <command> --help` lists its config groups and options; `--cfg job` prints the composed config."""
+`metaexp <command> --help` lists its config groups and options; `--cfg job` prints the composed config.
+`metaexp --version` prints the version."""
 
 
 def exit_with(error: MetaexpError, code: int = 2):
@@ -67,7 +68,8 @@ def guarded(task, cfg: DictConfig):
 def resume_sweep_command(hydra) -> str:
     """The command line that continues this sweep: the same arguments, its directory, trainer.resume=auto."""
     args = [a for a in sys.argv[1:] if not a.startswith(("trainer.resume=", "hydra.sweep.dir="))]
-    return shlex.join(["metaexp", hydra.job.name, *args, "trainer.resume=auto", f"hydra.sweep.dir={Path(hydra.sweep.dir).resolve()}"])
+    sweep_dir = Path(hydra.sweep.dir).resolve()
+    return shlex.join(["metaexp", hydra.job.name, *args, "trainer.resume=auto", f"hydra.sweep.dir={sweep_dir}"])
 
 
 def remove_if_empty(run_dir: Path) -> None:
@@ -110,6 +112,10 @@ def dispatch(args: list) -> None:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         raise SystemExit(0 if args else 2)
+    if args[0] in ("-V", "--version"):
+        from metaexp import __version__
+        print(f"metaexp {__version__}")
+        return
     command, rest = args[0], args[1:]
     apps = {"train": train_app, "eval": eval_app}
     if command == "summarize":

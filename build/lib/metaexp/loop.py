@@ -4,8 +4,10 @@ import json
 import logging
 import math
 import os
+import platform
 import signal
 import statistics
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from metaexp import checkpoint, distributed, rundir
+from metaexp import __version__, checkpoint, distributed, rundir
 from metaexp.components import build, build_algorithm, build_sampler, resolve_device
 from metaexp.engine import MetaStep
 from metaexp.errors import MetaexpError
@@ -296,10 +298,24 @@ def describe_setting(cfg: DictConfig) -> str:
 
 
 def describe_machine(device: torch.device) -> dict:
-    """What ran this: the device (GPU card or CPU cores), process count and torch version."""
+    """What ran this: the device (GPU card or CPU cores), process count, versions, and the code's git commit
+    with a flag for uncommitted changes (null outside a git checkout, e.g. from a wheel)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
-    return {"device": name, "processes": distributed.world_size(), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+    return {"device": name, "processes": distributed.world_size(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "metaexp": __version__, "python": platform.python_version(),
+            **git_state(Path(__file__).resolve().parent)}
+
+
+def git_state(where: Path) -> dict:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10)
+    try:
+        commit = git("rev-parse", "HEAD")
+        if commit.returncode:
+            return {"git_commit": None, "git_dirty": None}
+        return {"git_commit": commit.stdout.strip(), "git_dirty": bool(git("status", "--porcelain").stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
 
 
 def in_sweep() -> bool:

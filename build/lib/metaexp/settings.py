@@ -109,7 +109,8 @@ def refuse(key: str, value, expected: str):
 def describe(kind) -> str:
     """Words for a schema type: `Optional[float]` reads "a number or null"."""
     options = [k for k in get_args(kind) if k is not type(None)] or [kind]
-    words = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}.get(options[0], "a value")
+    words = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}.get(options[0],
+                                                                                                  "a value")
     return f"{words} or null" if len(options) < len(get_args(kind)) else words
 
 

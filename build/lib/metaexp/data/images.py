@@ -77,7 +77,8 @@ class CIFAR100Splits:
             for part in ("train", "test"):
                 batch = unpickle(folder / part)
                 data = np.asarray(meta_field(batch, "data"), dtype=np.uint8).reshape(-1, 3, 32, 32)
-                for fine, coarse, image in zip(meta_field(batch, "fine_labels"), meta_field(batch, "coarse_labels"), data):
+                labels = zip(meta_field(batch, "fine_labels"), meta_field(batch, "coarse_labels"))
+                for (fine, coarse), image in zip(labels, data):
                     per_class[fine_names[fine]].append(image)
                     coarse_of[fine_names[fine]] = coarse_names[coarse]
             images = {n: resize(torch.from_numpy(np.stack(v)), self.image_size) for n, v in per_class.items()}

@@ -1,5 +1,4 @@
 """ResNet-12 of Lee et al. (2019) / Oreshkin et al. (2018): four residual blocks, average-pooled embedding."""
-import torch
 from torch import nn
 import torch.nn.functional as F
 
