@@ -1,1 +1,0 @@
-"""Meta-learning algorithms: pure functions of (parameters, TaskBatch), vmapped over the tasks of a batch."""

@@ -1,1 +1,0 @@
-"""Data sets: each returns tensors per split and knows nothing about episodes."""
