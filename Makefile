@@ -39,8 +39,9 @@ train: install  ## MAML on sinusoid regression, the embedded default (about a mi
 test: install-dev lint  ## the test suite (about 10 minutes on 2 cores)
 	$(VENV)/bin/pytest -q
 
-lint: install-dev  ## ruff over the package, tests and benchmarks
-	$(VENV)/bin/ruff check metaexp tests benchmarks
+lint: install-dev  ## ruff: lint and formatting of the package, tests, benchmarks and CI scripts
+	$(VENV)/bin/ruff check metaexp tests benchmarks ci
+	$(VENV)/bin/ruff format --check metaexp tests benchmarks ci
 
 bench: install-dev  ## engine and sampling benchmarks against learn2learn
 	$(PY) benchmarks/bench_engine.py

@@ -5,6 +5,7 @@ side by side on the same task shapes and the same model (learn2learn's OmniglotC
 
 Each (configuration, implementation) runs in its own process so that peak memory is its own.
 """
+
 import argparse
 import json
 import os
@@ -22,12 +23,16 @@ CONFIGS = {  # name: (ways, shots, queries per class, meta-batch, inner steps)
 
 def random_tasks(ways, shots, queries, meta_batch, device):
     import torch
-    from metaexp.tasks import TaskBatch
+    from metaexp.samplers import TaskBatch
+
     g = torch.Generator(device).manual_seed(0)
+
     def images(n):
         return torch.rand(meta_batch, n, 1, 28, 28, generator=g, device=device)
+
     def labels(k):
         return torch.arange(ways, device=device).repeat_interleave(k).expand(meta_batch, -1).contiguous()
+
     return TaskBatch(images(ways * shots), labels(shots), images(ways * queries), labels(queries))
 
 
@@ -36,14 +41,22 @@ def metaexp_step(config, device, cuda_graph, batches=None, compile=False):
     import torch
     from metaexp.algorithms.maml import MAML
     from metaexp.engine import MetaStep
-    from metaexp.models.conv4 import Conv4
+    from metaexp.backbones.conv4 import Conv4
     from metaexp.objectives import CLASSIFICATION
+
     ways, shots, queries, meta_batch, steps = config
     algorithm = MAML(Conv4(ways), CLASSIFICATION, inner_lr=0.4, inner_steps=steps)
     params = {k: v.to(device).requires_grad_() for k, v in algorithm.init_params().items()}
     optimizer = torch.optim.Adam(params.values(), lr=1e-3, capturable=cuda_graph)
-    step = MetaStep(algorithm, params, optimizer, torch.device(device), cuda_graph=cuda_graph, compile=compile,
-                    task_chunk=None if compile else "auto")
+    step = MetaStep(
+        algorithm,
+        params,
+        optimizer,
+        torch.device(device),
+        cuda_graph=cuda_graph,
+        compile=compile,
+        task_chunk=None if compile else "auto",
+    )
     fixed = random_tasks(ways, shots, queries, meta_batch, device)
     return lambda: step(batches() if batches else fixed, 0)
 
@@ -53,6 +66,7 @@ def learn2learn_step(config, device, cuda_graph, batches=None, compile=False):
     import torch
     import torch.nn.functional as F
     import learn2learn as l2l
+
     ways, shots, queries, meta_batch, steps = config
     model = l2l.vision.models.OmniglotCNN(ways).to(device)
     maml = l2l.algorithms.MAML(model, lr=0.4, first_order=False)
@@ -62,22 +76,23 @@ def learn2learn_step(config, device, cuda_graph, batches=None, compile=False):
     def step():
         optimizer.zero_grad()
         total = 0.0
-        for sx, sy, qx, qy in (batches() if batches else zip(*fixed)):
+        for sx, sy, qx, qy in batches() if batches else zip(*fixed):
             learner = maml.clone()
             for _ in range(steps):
                 learner.adapt(F.cross_entropy(learner(sx), sy))
             total = total + F.cross_entropy(learner(qx), qy)
         (total / meta_batch).backward()
         optimizer.step()
+
     return step
 
 
 def measure(impl, name, device, seconds, cuda_graph, compile):
     """Run one (implementation, configuration) and print a JSON line of tasks/s and peak memory."""
     import torch
+
     config = CONFIGS[name]
-    step = {"metaexp": metaexp_step, "learn2learn": learn2learn_step}[impl](config, device, cuda_graph,
-                                                                           compile=compile)
+    step = {"metaexp": metaexp_step, "learn2learn": learn2learn_step}[impl](config, device, cuda_graph, compile=compile)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(2):
         step()
@@ -85,8 +100,11 @@ def measure(impl, name, device, seconds, cuda_graph, compile):
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     tasks_per_sec = rate(step, seconds, config[3], sync)
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     print(json.dumps({"impl": impl, "config": name, "tasks_per_sec": tasks_per_sec, "peak_mb": peak / 2**20}))
 
 
@@ -116,28 +134,44 @@ def main():
     if args.one:
         return measure(*args.one, args.device, args.seconds, args.cuda_graph, args.compile)
     import torch
+
     card = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPU cores"
-    print(f"device: {args.device} ({card}), "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}, cuda_graph={args.cuda_graph}, "
-          f"compile={args.compile}")
-    print(f"{'config':<34}{'learn2learn tasks/s':>20}{'metaexp tasks/s':>17}{'ratio':>8}"
-          f"{'l2l peak MB':>13}{'metaexp peak MB':>17}")
+    print(
+        f"device: {args.device} ({card}), "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, cuda_graph={args.cuda_graph}, "
+        f"compile={args.compile}"
+    )
+    print(
+        f"{'config':<34}{'learn2learn tasks/s':>20}{'metaexp tasks/s':>17}{'ratio':>8}"
+        f"{'l2l peak MB':>13}{'metaexp peak MB':>17}"
+    )
     for name in args.configs:
         results = {}
         for impl in ("learn2learn", "metaexp"):
             ours = impl == "metaexp"
-            command = [sys.executable, __file__, "--one", impl, name, "--device", args.device,
-                       "--seconds", str(args.seconds)] + (["--cuda-graph"] if args.cuda_graph and ours else []) \
+            command = (
+                [sys.executable, __file__, "--one", impl, name, "--device", args.device, "--seconds", str(args.seconds)]
+                + (["--cuda-graph"] if args.cuda_graph and ours else [])
                 + (["--compile"] if args.compile and ours else [])
+            )
             out = subprocess.run(command, capture_output=True, text=True)
             lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-            results[impl] = json.loads(lines[-1]) if lines else {"tasks_per_sec": float("nan"), "peak_mb": float("nan"),
-                                                                 "error": out.stderr.strip().splitlines()[-1:]}
+            results[impl] = (
+                json.loads(lines[-1])
+                if lines
+                else {
+                    "tasks_per_sec": float("nan"),
+                    "peak_mb": float("nan"),
+                    "error": out.stderr.strip().splitlines()[-1:],
+                }
+            )
         ways, shots, queries, meta_batch, steps = CONFIGS[name]
         label = f"({name}) {ways}w{shots}s q{queries} mb{meta_batch} {steps} step"
         l2l_rate, ours = results["learn2learn"]["tasks_per_sec"], results["metaexp"]["tasks_per_sec"]
-        print(f"{label:<34}{l2l_rate:>20.1f}{ours:>17.1f}{ours / l2l_rate:>7.1f}x"
-              f"{results['learn2learn']['peak_mb']:>13.0f}{results['metaexp']['peak_mb']:>17.0f}")
+        print(
+            f"{label:<34}{l2l_rate:>20.1f}{ours:>17.1f}{ours / l2l_rate:>7.1f}x"
+            f"{results['learn2learn']['peak_mb']:>13.0f}{results['metaexp']['peak_mb']:>17.0f}"
+        )
         for impl, r in results.items():
             if "error" in r:
                 print(f"    {impl} failed: {r['error']}")

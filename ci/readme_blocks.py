@@ -1,5 +1,6 @@
 """Write each runnable README command to its own file for ci/wheel_check.sh: every `metaexp ...` or `torchrun ...`
 line of a ```bash block (a train command gets debug=fast appended) and every ```python block."""
+
 import re
 import sys
 from pathlib import Path

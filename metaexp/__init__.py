@@ -8,6 +8,7 @@ In a notebook:
     predict = run.algorithm.adapt(run.params, support_x, support_y)   # one task's support set
     logits = predict(query_x)
 """
+
 __version__ = "0.1.0"
 __all__ = ["compose", "build", "train", "load_run", "__version__"]
 
@@ -16,5 +17,6 @@ def __getattr__(name: str):
     # Imported on first use: `python -m metaexp` installs its Ctrl-C handler before torch and hydra load.
     if name in __all__:
         from metaexp import api
+
         return getattr(api, name)
     raise AttributeError(f"module 'metaexp' has no attribute {name!r}")

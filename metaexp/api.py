@@ -1,6 +1,7 @@
 """The Python API for notebooks: the same configs, components and loop as `metaexp train`, without a Hydra
 run. `compose` -> `build` or `train` -> `load_run`, and `algorithm.adapt(params, support_x, support_y)` for one
 task."""
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ def config_dir() -> str:
 def compose(overrides: list | None = None, config_name: str = "train") -> DictConfig:
     """The config `metaexp train OVERRIDES...` would run, e.g. compose(["algorithm=protonet", "dataset=omniglot"])."""
     from hydra import compose as hydra_compose, initialize_config_dir
+
     with initialize_config_dir(config_dir(), version_base="1.3"):
         return hydra_compose(config_name, overrides=list(overrides or []))
 
@@ -27,6 +29,7 @@ def build(cfg: DictConfig, device: str = "cpu"):
     """The run's components (data set splits as samplers, algorithm, initial params, optimizer, scheduler)."""
     from metaexp.components import resolve_device
     from metaexp.loop import build_run
+
     return build_run(cfg, resolve_device(device))
 
 
@@ -34,6 +37,7 @@ def train(cfg: DictConfig, run_dir) -> float:
     """Meta-train into `run_dir` exactly as the CLI would (checkpoints, metrics.jsonl, .hydra/config.yaml);
     returns the best validation value."""
     from metaexp.loop import train as train_loop
+
     return train_loop(cfg, Path(run_dir))
 
 
@@ -55,6 +59,7 @@ def load_run(run_dir, checkpoint: str = "best") -> LoadedRun:
     from metaexp import checkpoint as checkpoints
     from metaexp.evaluate import checked_params
     from metaexp.logs import read_metrics
+
     run_dir = Path(run_dir)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     state = checkpoints.load(path)
@@ -64,5 +69,11 @@ def load_run(run_dir, checkpoint: str = "best") -> LoadedRun:
     params = checked_params(algorithm.init_params(), state["params"], path)
     metrics = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     reports = {p.name: json.loads(p.read_text()) for p in sorted(run_dir.glob("eval-*.json"))}
-    return LoadedRun(cfg=cfg, algorithm=algorithm, params={k: torch.as_tensor(v) for k, v in params.items()},
-                     step=state["step"], metrics=metrics, reports=reports)
+    return LoadedRun(
+        cfg=cfg,
+        algorithm=algorithm,
+        params={k: torch.as_tensor(v) for k, v in params.items()},
+        step=state["step"],
+        metrics=metrics,
+        reports=reports,
+    )

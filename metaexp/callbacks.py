@@ -1,4 +1,5 @@
 """Hydra callbacks: a check that the output location can be written, and the end-of-sweep report."""
+
 import os
 from pathlib import Path
 
@@ -26,9 +27,13 @@ def check_writable(path: Path, setting: str) -> None:
     if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
         return
     reason = "is a file, not a folder" if not existing.is_dir() else "is not writable"
-    console.print(f"[bold red]error:[/bold red] Cannot create the output directory {escape(str(path))}: "
-                  f"{escape(str(existing))} {reason}. Point the outputs at a writable folder with "
-                  f"paths.output_dir=DIR (or {setting}=DIR).", highlight=False, soft_wrap=True)
+    console.print(
+        f"[bold red]error:[/bold red] Cannot create the output directory {escape(str(path))}: "
+        f"{escape(str(existing))} {reason}. Point the outputs at a writable folder with "
+        f"paths.output_dir=DIR (or {setting}=DIR).",
+        highlight=False,
+        soft_wrap=True,
+    )
     raise SystemExit(2)
 
 
@@ -38,8 +43,10 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         failures = sorted(Path(config.hydra.sweep.dir).glob("*/error.txt"))
         if failures:
-            console.print(f"[bold red]{len(failures)} job(s) of the sweep failed[/bold red]; the others finished "
-                          f"(`metaexp summarize {config.hydra.sweep.dir}` tabulates them all):")
+            console.print(
+                f"[bold red]{len(failures)} job(s) of the sweep failed[/bold red]; the others finished "
+                f"(`metaexp summarize {config.hydra.sweep.dir}` tabulates them all):"
+            )
             for path in failures:
                 console.print(f"  {path.parent}: {escape(path.read_text().strip())}", highlight=False, soft_wrap=True)
             raise SystemExit(1)

@@ -1,4 +1,5 @@
 """Checkpoints: atomic save and checked load."""
+
 from pathlib import Path
 
 import torch
@@ -22,16 +23,49 @@ def load(path) -> dict:
     if not path.is_file():
         raise MetaexpError(
             f"No checkpoint at {path}. Pass the path of a run's checkpoints/last.pt or checkpoints/best.pt "
-            f"(or its run directory), e.g. checkpoint=outputs/2026-01-01/12-00-00/checkpoints/best.pt.")
+            f"(or its run directory), e.g. checkpoint=outputs/2026-01-01/12-00-00/checkpoints/best.pt."
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise MetaexpError(
             f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
             f"It may be truncated or not written by metaexp; use the run's other checkpoint (last.pt or "
-            f"best.pt) or train again.") from error
+            f"best.pt) or train again."
+        ) from error
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED):
         raise MetaexpError(
             f"{path} loads but is not a metaexp checkpoint (it lacks {', '.join(REQUIRED)}). "
-            f"Point at a file that `metaexp train` wrote under <run>/checkpoints/.")
+            f"Point at a file that `metaexp train` wrote under <run>/checkpoints/."
+        )
+    payload["config"] = upgraded(payload["config"])
     return payload
+
+
+# Module paths of metaexp 0.1.0 before the modules took the names of their config groups.
+MOVED = {
+    "metaexp.models.": "metaexp.backbones.",
+    "metaexp.data.": "metaexp.datasets.",
+    "metaexp.tasks.": "metaexp.samplers.",
+}
+
+
+def upgraded(config: dict) -> dict:
+    """A config saved by an earlier metaexp 0.1.0, in today's form: `_target_`s at their modules' new paths,
+    and test.inner_steps as the one key for inner steps at test time (the algorithm held eval_inner_steps: null
+    beside it). A current config comes back unchanged."""
+
+    def moved(node):
+        if isinstance(node, dict):
+            return {k: moved(v) for k, v in node.items()}
+        if isinstance(node, str):
+            for old, new in MOVED.items():
+                if node.startswith(old):
+                    return new + node[len(old) :]
+        return node
+
+    config = moved(config)
+    algorithm = config.get("algorithm") or {}
+    if "eval_inner_steps" in algorithm and algorithm["eval_inner_steps"] is None:
+        config = {**config, "algorithm": {**algorithm, "eval_inner_steps": "${test.inner_steps}"}}
+    return config

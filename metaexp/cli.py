@@ -1,4 +1,5 @@
 """`metaexp train | eval | summarize`: each subcommand is a Hydra app over the configs in conf/."""
+
 import contextlib
 import logging
 import shlex
@@ -42,6 +43,7 @@ def guarded(task, cfg: DictConfig):
     A signal or a run-directory refusal stops the whole sweep: the next job would meet the same."""
     from metaexp.rundir import RunDirError
     from metaexp.loop import Interrupted
+
     hydra = HydraConfig.get()
     sweep = hydra.mode == RunMode.MULTIRUN
     run_dir = Path(hydra.runtime.output_dir)
@@ -49,9 +51,11 @@ def guarded(task, cfg: DictConfig):
         result = task(cfg)
     except Interrupted as error:
         if sweep:
-            error = MetaexpError(f"{error} The sweep stopped at job {hydra.job.num} ({run_dir}); jobs before it "
-                                 f"finished, later ones did not start. Continue the whole sweep with: "
-                                 f"{resume_sweep_command(hydra)}")
+            error = MetaexpError(
+                f"{error} The sweep stopped at job {hydra.job.num} ({run_dir}); jobs before it "
+                f"finished, later ones did not start. Continue the whole sweep with: "
+                f"{resume_sweep_command(hydra)}"
+            )
         exit_with(error, 130)
     except MetaexpError as error:
         remove_if_empty(run_dir)
@@ -81,17 +85,20 @@ def remove_if_empty(run_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def train_app(cfg: DictConfig):
     from metaexp.loop import train
+
     return guarded(train, cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 def eval_app(cfg: DictConfig):
     from metaexp.evaluate import evaluate_checkpoint
+
     return guarded(evaluate_checkpoint, cfg)
 
 
 def summarize_app(argv: list) -> None:
     from metaexp.summarize import main as summarize_main
+
     try:
         summarize_main(argv)
     except MetaexpError as error:
@@ -103,8 +110,12 @@ def main() -> None:
         dispatch(sys.argv[1:])
     except KeyboardInterrupt:
         # A Ctrl-C outside the training loop's own handling: during start-up, or the third one in a row.
-        console.print("[bold red]stopped:[/bold red] interrupted by Ctrl-C. Checkpoints already written are "
-                      "intact; continue a run with trainer.resume=auto.", highlight=False, soft_wrap=True)
+        console.print(
+            "[bold red]stopped:[/bold red] interrupted by Ctrl-C. Checkpoints already written are "
+            "intact; continue a run with trainer.resume=auto.",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise SystemExit(130)
 
 
@@ -114,6 +125,7 @@ def dispatch(args: list) -> None:
         raise SystemExit(0 if args else 2)
     if args[0] in ("-V", "--version"):
         from metaexp import __version__
+
         print(f"metaexp {__version__}")
         return
     command, rest = args[0], args[1:]

@@ -1,4 +1,5 @@
 """Compose the run's components from the config with `hydra.utils.instantiate`."""
+
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
@@ -16,12 +17,14 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as error:
-        raise MetaexpError(f"trainer.device={name!r} is not a device: use auto, cpu, cuda or cuda:N (e.g. "
-                           f"trainer.device=cuda:0).") from error
+        raise MetaexpError(
+            f"trainer.device={name!r} is not a device: use auto, cpu, cuda or cuda:N (e.g. trainer.device=cuda:0)."
+        ) from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MetaexpError(
             f"trainer.device={name} but this machine has no usable CUDA GPU (torch.cuda.is_available() is "
-            f"False). Use trainer.device=cpu or trainer.device=auto.")
+            f"False). Use trainer.device=cpu or trainer.device=auto."
+        )
     if device.type not in ("cpu", "cuda"):
         raise MetaexpError(f"trainer.device={name} is not supported: use auto, cpu, cuda or cuda:N.")
     return device
@@ -35,8 +38,10 @@ def build(node: DictConfig, what: str, **kwargs):
         cause = error.__cause__
         if isinstance(cause, MetaexpError):
             raise cause
-        raise MetaexpError(f"Could not build the {what} from its config: {cause or error}. "
-                           f"Check the {what} settings (`metaexp train --cfg job` shows them).") from error
+        raise MetaexpError(
+            f"Could not build the {what} from its config: {cause or error}. "
+            f"Check the {what} settings (`metaexp train --cfg job` shows them)."
+        ) from error
 
 
 def check_objective(node: DictConfig, objective) -> None:
@@ -71,5 +76,6 @@ def build_algorithm(cfg: DictConfig, sampler):
         raise MetaexpError(
             f"The backbone's head has {model.head.out_features} outputs but the tasks need {outputs} "
             f"({type(sampler).__name__} with ways={outputs}). Leave backbone.out_features at its default "
-            f"(it follows sampler.ways) or set the two to the same value.")
+            f"(it follows sampler.ways) or set the two to the same value."
+        )
     return algorithm

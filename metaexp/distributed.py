@@ -1,5 +1,6 @@
 """torch.distributed helpers for `torchrun ... -m metaexp train`: each rank runs its share of the meta-batch,
 meta-gradients are averaged, rank 0 alone writes."""
+
 import os
 
 import torch
@@ -23,6 +24,7 @@ def init_from_env(device: torch.device) -> None:
     launcher describes in the environment; otherwise do nothing."""
     if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         import submitit
+
         submitit.helpers.TorchDistributedEnvironment().export()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -65,7 +67,7 @@ def average_gradients(params, weight: int = 1) -> None:
     flat = flat[:-1] / flat[-1]
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 

@@ -1,30 +1,46 @@
 """One meta-training step (meta-loss, backward, all-reduce, optimizer step), run eagerly, compiled, or
 replayed from a captured CUDA graph; optionally in bfloat16 autocast."""
+
 import contextlib
 
 import torch
 
 from metaexp import distributed
 from metaexp.errors import MetaexpError
-from metaexp.tasks import TaskBatch
+from metaexp.samplers import TaskBatch
 
 
 class MetaStep:
-    def __init__(self, algorithm, params: dict, optimizer, device: torch.device, precision: str = "fp32",
-                 compile: bool = False, cuda_graph: bool = False, grad_clip: float | None = None,
-                 task_chunk="auto"):
+    def __init__(
+        self,
+        algorithm,
+        params: dict,
+        optimizer,
+        device: torch.device,
+        precision: str = "fp32",
+        compile: bool = False,
+        cuda_graph: bool = False,
+        grad_clip: float | None = None,
+        task_chunk="auto",
+    ):
         if precision not in ("fp32", "bf16"):
             raise MetaexpError(f"trainer.precision={precision} is not one of fp32, bf16.")
         if cuda_graph and device.type != "cuda":
-            raise MetaexpError("trainer.cuda_graph=true needs a CUDA device; set trainer.cuda_graph=false on "
-                               f"{device.type}.")
+            raise MetaexpError(
+                f"trainer.cuda_graph=true needs a CUDA device; set trainer.cuda_graph=false on {device.type}."
+            )
         if cuda_graph and algorithm.changes_during_training:
-            raise MetaexpError("trainer.cuda_graph=true replays one fixed step, but the MAML++ schedules "
-                               "(multi_step_loss, first_order_until) change the step as training goes. "
-                               "Turn one of them off.")
+            raise MetaexpError(
+                "trainer.cuda_graph=true replays one fixed step, but the MAML++ schedules "
+                "(multi_step_loss, first_order_until) change the step as training goes. "
+                "Turn one of them off."
+            )
         self.algorithm, self.params, self.optimizer, self.device = algorithm, params, optimizer, device
-        self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" \
+        self.autocast = (
+            (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+            if precision == "bf16"
             else contextlib.nullcontext
+        )
         self.meta_loss = torch.compile(algorithm.meta_loss) if compile else algorithm.meta_loss
         self.grad_clip, self.cuda_graph = grad_clip, cuda_graph
         self.task_chunk = task_chunk
@@ -34,8 +50,8 @@ class MetaStep:
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             chunk = task_chunk_size(self.task_chunk, self.device, batch)
-            objective, losses, scores = self.meta_loss(self.params, batch, step, chunk)
-        objective.backward()
+            outer_loss, losses, scores = self.meta_loss(self.params, batch, step, chunk)
+        outer_loss.backward()
         distributed.average_gradients(self.params.values(), weight=len(batch))
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params.values(), self.grad_clip)
@@ -56,12 +72,16 @@ class MetaStep:
     def capture(self, batch: TaskBatch, step: int) -> None:
         """Warm up on a side stream, capture one step, then restore the weights the warm-up changed."""
         saved_params = {k: v.detach().clone() for k, v in self.params.items()}
-        saved_optim = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
-                       for p, s in self.optimizer.state.items()}
+        saved_optim = {
+            p: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+            for p, s in self.optimizer.state.items()
+        }
         self.static_batch = TaskBatch(*(t.clone() for t in batch))
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
+            # Three eager steps before capture, as torch's CUDA-graph notes advise: lazy initialisation (cuBLAS
+            # handles, the optimizer's state tensors, autograd's buffers) must happen outside the graph.
             for _ in range(3):
                 self.eager(self.static_batch, step)
         torch.cuda.current_stream().wait_stream(side)

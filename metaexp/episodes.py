@@ -6,6 +6,7 @@ Format (`"format": "metaexp-episodes/1"`): `{"split": ..., "episodes": [{"suppor
 into the split (classes in the split's order, then examples in file order) or an image path relative to the
 JSON file, `label` is 0..ways-1, `degrees` a multiple of 90 to rotate the image by.
 """
+
 import json
 from itertools import groupby
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from metaexp.errors import MetaexpError
-from metaexp.tasks import TaskBatch, rotate, to_float
+from metaexp.samplers import TaskBatch, rotate, to_float
 
 FORMAT = "metaexp-episodes/1"
 
@@ -23,10 +24,13 @@ def write_episodes(path: Path, draws: list, shots: int, split: str) -> None:
     episodes = []
     for rows, quarters in draws:
         for task_rows, task_quarters in zip(rows.tolist(), quarters.tolist()):
-            entries = [[[row, label, 90 * turns] for row in class_rows]
-                       for label, (class_rows, turns) in enumerate(zip(task_rows, task_quarters))]
-            episodes.append({"support": [e for c in entries for e in c[:shots]],
-                             "query": [e for c in entries for e in c[shots:]]})
+            entries = [
+                [[row, label, 90 * turns] for row in class_rows]
+                for label, (class_rows, turns) in enumerate(zip(task_rows, task_quarters))
+            ]
+            episodes.append(
+                {"support": [e for c in entries for e in c[:shots]], "query": [e for c in entries for e in c[shots:]]}
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"format": FORMAT, "split": split, "episodes": episodes}) + "\n")
 
@@ -39,8 +43,10 @@ def load_episodes(path: Path) -> list:
         document = json.loads(path.read_text())
         episodes = document["episodes"]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise MetaexpError(f"{path} is not a readable episode file ({type(error).__name__}: {error}). See the "
-                           f"format in metaexp/episodes.py, or write one with eval.save_episodes=PATH.") from error
+        raise MetaexpError(
+            f"{path} is not a readable episode file ({type(error).__name__}: {error}). See the "
+            f"format in metaexp/episodes.py, or write one with eval.save_episodes=PATH."
+        ) from error
     if not isinstance(episodes, list) or not episodes:
         raise MetaexpError(f"{path} lists no episodes: `episodes` must be a non-empty list.")
     for number, episode in enumerate(episodes):
@@ -53,10 +59,12 @@ def load_episodes(path: Path) -> list:
 
 def check_episode(path: Path, number: int, episode) -> None:
     where = f"{path}: episode {number}"
-    if not isinstance(episode, dict) or any(not isinstance(episode.get(n), list) or not episode[n]
-                                            for n in ("support", "query")):
-        raise MetaexpError(f"{where} needs non-empty `support` and `query` lists of [ref, label] or "
-                           f"[ref, label, degrees] entries.")
+    if not isinstance(episode, dict) or any(
+        not isinstance(episode.get(n), list) or not episode[n] for n in ("support", "query")
+    ):
+        raise MetaexpError(
+            f"{where} needs non-empty `support` and `query` lists of [ref, label] or [ref, label, degrees] entries."
+        )
     for entry in episode["support"] + episode["query"]:
         if not isinstance(entry, list) or len(entry) not in (2, 3):
             raise MetaexpError(f"{where}: {entry!r} is not an entry [ref, label] or [ref, label, degrees].")
@@ -66,9 +74,11 @@ def check_episode(path: Path, number: int, episode) -> None:
             raise MetaexpError(f"{where}: rotation {entry[2]!r} is not a multiple of 90 degrees.")
     support = {e[1] for e in episode["support"]}
     if support != set(range(len(support))) or not {e[1] for e in episode["query"]} <= support:
-        raise MetaexpError(f"{where}: its labels must be 0..N-1 with at least one support example each (support "
-                           f"has {sorted(support)}, query has {sorted({e[1] for e in episode['query']})}); a class "
-                           f"without support examples cannot be learned from the episode.")
+        raise MetaexpError(
+            f"{where}: its labels must be 0..N-1 with at least one support example each (support "
+            f"has {sorted(support)}, query has {sorted({e[1] for e in episode['query']})}); a class "
+            f"without support examples cannot be learned from the episode."
+        )
 
 
 def ways_of(episodes: list) -> int:
@@ -92,17 +102,21 @@ def read_episodes(path: Path, episodes: list, sampler, dataset, meta_batch: int)
         else:
             image = dataset.preprocess(path.parent / ref).to(images.device)
             if image.shape != images.shape[1:]:
-                raise MetaexpError(f"{path}: {ref} has shape {tuple(image.shape)} after preprocessing; the model "
-                                   f"needs {tuple(images.shape[1:])}.")
+                raise MetaexpError(
+                    f"{path}: {ref} has shape {tuple(image.shape)} after preprocessing; the model "
+                    f"needs {tuple(images.shape[1:])}."
+                )
         return rotate(image[None], torch.tensor([degrees // 90 % 4], device=image.device))[0], label
 
     tasks = []
     for episode in episodes:
         parts = [[load(e) for e in episode[name]] for name in ("support", "query")]
-        tasks.append([torch.stack([x for x, _ in part]) for part in parts] +
-                     [torch.tensor([y for _, y in part], device=images.device) for part in parts])
+        tasks.append(
+            [torch.stack([x for x, _ in part]) for part in parts]
+            + [torch.tensor([y for _, y in part], device=images.device) for part in parts]
+        )
     for start in range(0, len(tasks), meta_batch):
-        group = tasks[start:start + meta_batch]
+        group = tasks[start : start + meta_batch]
         for _, run in groupby(group, key=lambda t: (t[0].shape, t[1].shape)):
             sx, qx, sy, qy = (torch.stack(tensors) for tensors in zip(*run))
             yield TaskBatch(to_float(sx), sy, to_float(qx), qy)

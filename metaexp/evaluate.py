@@ -1,4 +1,5 @@
 """Evaluation: adapt on held-out tasks, report mean and 95% confidence interval, write eval.json."""
+
 import json
 import math
 import statistics
@@ -16,7 +17,7 @@ from metaexp.files import replacing
 from metaexp.logs import console, summary_table
 from metaexp.rundir import checkpoint_file, run_dir_of
 from metaexp.settings import check_eval
-from metaexp.tasks import task_generator
+from metaexp.samplers import task_generator
 
 
 def sampled_batches(sampler, episodes: int, meta_batch: int, generator: torch.Generator, record: list | None = None):
@@ -38,8 +39,9 @@ def evaluate_batches(algorithm, params: dict, batches, dtype=None):
         losses.append(loss.float().cpu())
         scores.append(score.float().cpu())
     if not losses:
-        raise MetaexpError("There are no episodes to evaluate: set eval.episodes above 0, or give an episode file "
-                           "that lists some.")
+        raise MetaexpError(
+            "There are no episodes to evaluate: set eval.episodes above 0, or give an episode file that lists some."
+        )
     return torch.cat(losses), torch.cat(scores)
 
 
@@ -83,13 +85,19 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         chosen["ways"] = ways_of(episodes)  # the file's own N, whatever the run trained on
     for key, value in chosen.items():
         if key not in run_cfg.sampler:
-            raise MetaexpError(f"sampler.{key} does not apply to this checkpoint's sampler "
-                               f"({run_cfg.sampler._target_}); leave it unset.")
+            raise MetaexpError(
+                f"sampler.{key} does not apply to this checkpoint's sampler "
+                f"({run_cfg.sampler._target_}); leave it unset."
+            )
         run_cfg.sampler[key] = value
+    if cfg.test.inner_steps is not None:
+        run_cfg.test.inner_steps = cfg.test.inner_steps  # the algorithm's eval_inner_steps follows this key
     if cfg.dataset.root is not None:
         if "root" not in run_cfg.dataset:
-            raise MetaexpError(f"dataset.root does not apply: this checkpoint's data set "
-                               f"({run_cfg.dataset._target_}) is generated, not read from disk; leave it unset.")
+            raise MetaexpError(
+                f"dataset.root does not apply: this checkpoint's data set "
+                f"({run_cfg.dataset._target_}) is generated, not read from disk; leave it unset."
+            )
         run_cfg.dataset.root = cfg.dataset.root
     device = resolve_device(cfg.trainer.device)
     try:
@@ -98,9 +106,6 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         algorithm = build_algorithm(run_cfg, sampler)
     except (MetaexpError, OmegaConfBaseException) as error:
         raise MetaexpError(f"The config saved in {path} cannot be rebuilt into a model: {error}") from error
-    inner_steps = cfg.eval.inner_steps if cfg.eval.inner_steps is not None else protocol.get("inner_steps")
-    if inner_steps is not None:
-        algorithm.eval_inner_steps = inner_steps
     params = checked_params(algorithm.init_params(), state["params"], path)
     params = {k: v.to(device) for k, v in params.items()}
     draws = None
@@ -110,23 +115,46 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         if cfg.eval.save_episodes and not hasattr(sampler, "draw"):
             raise MetaexpError("eval.save_episodes works for classification episodes only.")
         draws = [] if cfg.eval.save_episodes else None
-        batches = sampled_batches(sampler, cfg.eval.episodes, cfg.eval.meta_batch,
-                                  task_generator(cfg.seed, cfg.eval.split, device), draws)
+        batches = sampled_batches(
+            sampler, cfg.eval.episodes, cfg.eval.meta_batch, task_generator(cfg.seed, cfg.eval.split, device), draws
+        )
     losses, scores = evaluate_batches(algorithm, params, batches)
     if draws is not None:
         write_episodes(Path(cfg.eval.save_episodes), draws, sampler.shots, cfg.eval.split)
     metric = sampler.objective.metric
     mean, ci95 = mean_ci95(scores.tolist())
-    settings = {"split": cfg.eval.split, "seed": cfg.seed, "episodes_file": cfg.eval.episodes_file,
-                "episodes": len(scores), "inner_steps": getattr(algorithm, "eval_inner_steps", None),
-                "sampler": {k: v for k, v in OmegaConf.to_container(run_cfg.sampler).items() if k != "_target_"}}
-    report = {"metric": metric, "mean": mean, "ci95": ci95, "episodes": len(scores),
-              "loss": losses.mean().item(), "checkpoint": str(path), "step": state["step"], "settings": settings}
+    settings = {
+        "split": cfg.eval.split,
+        "seed": cfg.seed,
+        "episodes_file": cfg.eval.episodes_file,
+        "episodes": len(scores),
+        "inner_steps": algorithm.eval_inner_steps,
+        "sampler": {k: v for k, v in OmegaConf.to_container(run_cfg.sampler).items() if k != "_target_"},
+    }
+    report = {
+        "metric": metric,
+        "mean": mean,
+        "ci95": ci95,
+        "episodes": len(scores),
+        "loss": losses.mean().item(),
+        "checkpoint": str(path),
+        "step": state["step"],
+        "settings": settings,
+    }
     output = Path(cfg.eval.output) if cfg.eval.output else run_dir_of(path) / report_name(settings)
     write_report(output, report)
-    console.print(summary_table(f"metaexp eval ({cfg.eval.split})", {
-        metric: f"{mean:.4f} ± {ci95:.4f} (95% CI)", "episodes": len(scores), "checkpoint": str(path),
-        "step": state["step"], "written": str(output)}))
+    console.print(
+        summary_table(
+            f"metaexp eval ({cfg.eval.split})",
+            {
+                metric: f"{mean:.4f} ± {ci95:.4f} (95% CI)",
+                "episodes": len(scores),
+                "checkpoint": str(path),
+                "step": state["step"],
+                "written": str(output),
+            },
+        )
+    )
     return mean
 
 
@@ -135,9 +163,13 @@ def checked_params(expected: dict, saved: dict, path: Path) -> dict:
     missing = [k for k in expected if k not in saved]
     wrong = [k for k in expected if k in saved and saved[k].shape != expected[k].shape]
     if missing or wrong:
-        detail = (f"missing {', '.join(missing[:4])}" if missing else
-                  f"{wrong[0]} is {tuple(saved[wrong[0]].shape)}, the model needs {tuple(expected[wrong[0]].shape)}")
+        detail = (
+            f"missing {', '.join(missing[:4])}"
+            if missing
+            else f"{wrong[0]} is {tuple(saved[wrong[0]].shape)}, the model needs {tuple(expected[wrong[0]].shape)}"
+        )
         raise MetaexpError(
             f"The weights in {path} do not fit the model rebuilt from its config ({detail}). A head-based "
-            f"algorithm cannot change sampler.ways at evaluation; evaluate with the ways it was trained on.")
+            f"algorithm cannot change sampler.ways at evaluation; evaluate with the ways it was trained on."
+        )
     return {k: saved[k] for k in expected}

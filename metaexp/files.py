@@ -1,4 +1,5 @@
 """Writing a file so that a crash, a full disk or a second writer never leaves a half-written one in its place."""
+
 import contextlib
 import os
 import tempfile
@@ -35,4 +36,5 @@ def unwritable(path: Path, error: Exception) -> MetaexpError:
     kept = f" The previous {path.name} is unchanged." if path.is_file() else ""
     return MetaexpError(
         f"Could not write {path} ({reason}).{kept} Free some disk space, or write somewhere writable "
-        f"(paths.output_dir=DIR or hydra.run.dir=DIR for runs, eval.output=FILE for reports).")
+        f"(paths.output_dir=DIR or hydra.run.dir=DIR for runs, eval.output=FILE for reports)."
+    )

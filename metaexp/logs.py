@@ -1,5 +1,6 @@
 """Run records: metrics.jsonl (always), optional TensorBoard/W&B/MLflow sinks, the rich progress bar and
 the end-of-run summary table."""
+
 import contextlib
 import json
 import logging
@@ -42,7 +43,7 @@ class RunLog:
     def __init__(self):
         self.root = logging.getLogger()
         # flushLevel above CRITICAL: nothing leaves memory before `open` gives it a file.
-        self.handler = logging.handlers.MemoryHandler(capacity=10 ** 6, flushLevel=logging.CRITICAL + 1)
+        self.handler = logging.handlers.MemoryHandler(capacity=10**6, flushLevel=logging.CRITICAL + 1)
         self.root.addHandler(self.handler)
 
     def open(self, path: Path) -> None:
@@ -69,6 +70,7 @@ class TensorBoardLogger:
 
     def __init__(self, log_dir):
         from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(str(log_dir))
 
     def write(self, row: dict) -> None:
@@ -85,6 +87,7 @@ class WandbLogger:
 
     def __init__(self, project: str, mode: str, dir, config: dict | None = None):
         import wandb
+
         self.run = wandb.init(project=project, mode=mode, dir=str(dir), config=config)
 
     def write(self, row: dict) -> None:
@@ -99,6 +102,7 @@ class MLflowLogger:
 
     def __init__(self, tracking_uri: str, experiment: str):
         import mlflow
+
         self.mlflow = mlflow
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_experiment(experiment)
@@ -128,9 +132,15 @@ class TrainingProgress:
     def __init__(self, total: int, start: int, metric: str, enabled: bool = True):
         self.metric = metric
         self.bar = Progress(
-            TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(),
+            TextColumn("[bold]step {task.completed}/{task.total}"),
+            BarColumn(),
             TextColumn("loss {task.fields[loss]}  {task.fields[metric]}  {task.fields[speed]} tasks/s"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not enabled)
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not enabled,
+        )
         self.task = self.bar.add_task("train", total=total, completed=start, loss="-", metric="-", speed="-")
 
     def __enter__(self):
@@ -143,8 +153,11 @@ class TrainingProgress:
     def update(self, step: int, row: dict | None = None) -> None:
         fields = {}
         if row is not None:
-            fields = dict(loss=f"{row['loss']:.4f}", metric=f"{self.metric} {row[self.metric]:.4f}",
-                          speed=rate(row["tasks_per_sec"]))
+            fields = dict(
+                loss=f"{row['loss']:.4f}",
+                metric=f"{self.metric} {row[self.metric]:.4f}",
+                speed=rate(row["tasks_per_sec"]),
+            )
         self.bar.update(self.task, completed=step, **fields)
 
 

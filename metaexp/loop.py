@@ -1,4 +1,5 @@
 """The meta-training loop: sample tasks -> meta-step -> log -> validate -> checkpoint."""
+
 import contextlib
 import json
 import logging
@@ -24,7 +25,7 @@ from metaexp.evaluate import evaluate_batches, sampled_batches
 from metaexp.logs import MetricsFile, RunLog, Stopwatch, TrainingProgress, console, read_metrics, summary_table
 from metaexp.resume import find_resume, restore
 from metaexp.settings import check_train
-from metaexp.tasks import task_generator
+from metaexp.samplers import task_generator
 
 log = logging.getLogger("metaexp.loop")
 
@@ -55,8 +56,10 @@ class StopRequest:
         self.repeats += 1
         if self.repeats > 1:
             raise KeyboardInterrupt
-        console.print("[yellow]Stopping: finishing this step and saving checkpoints/last.pt. Press Ctrl-C "
-                      "once more to abort without saving.[/yellow]")
+        console.print(
+            "[yellow]Stopping: finishing this step and saving checkpoints/last.pt. Press Ctrl-C "
+            "once more to abort without saving.[/yellow]"
+        )
 
 
 @dataclass
@@ -77,8 +80,8 @@ class Run:
     params: dict
     optimizer: object
     scheduler: object
-    train_tasks: object
-    val_tasks: object
+    train_sampler: object
+    val_sampler: object
     generator: torch.Generator
 
 
@@ -106,59 +109,90 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
         progress = Progress()
         if saved is not None:
             progress.step, progress.best, progress.elapsed = restore(
-                saved, cfg, run.params, run.optimizer, run.scheduler, run.generator)
+                saved, cfg, run.params, run.optimizer, run.scheduler, run.generator
+            )
             progress.saved_at = progress.step if rundir.run_dir_of(source) == run_dir.resolve() else None
             log.info("resumed from %s at step %d", source, progress.step)
-        metric = run.train_tasks.objective.metric
-        sinks = open_sinks(cfg, run_dir, carry_from=rundir.run_dir_of(source) if source else run_dir,
-                           upto=progress.step)
+        metric = run.train_sampler.objective.metric
+        sinks = open_sinks(
+            cfg, run_dir, carry_from=rundir.run_dir_of(source) if source else run_dir, upto=progress.step
+        )
         cleanup.callback(close_all, sinks)
-        log.info("run directory %s; %s on %s, %d parameters", run_dir, type(run.algorithm).__name__, device,
-                 sum(v.numel() for v in run.params.values()))
+        log.info(
+            "run directory %s; %s on %s, %d parameters",
+            run_dir,
+            type(run.algorithm).__name__,
+            device,
+            sum(v.numel() for v in run.params.values()),
+        )
         log.info("training %s", describe_setting(cfg))
         if distributed.is_main():
             (run_dir / "machine.json").write_text(json.dumps(describe_machine(device)) + "\n")
-        bar = cleanup.enter_context(TrainingProgress(cfg.trainer.steps, progress.step, metric,
-                                                     enabled=distributed.is_main()))
+        bar = cleanup.enter_context(
+            TrainingProgress(cfg.trainer.steps, progress.step, metric, enabled=distributed.is_main())
+        )
         clock = Stopwatch(progress.elapsed)
-        last = loop(cfg, run, progress, stop=stop, sinks=sinks, bar=bar, clock=clock, run_dir=run_dir,
-                    device=device)
+        last = loop(cfg, run, progress, stop=stop, sinks=sinks, bar=bar, clock=clock, run_dir=run_dir, device=device)
     if distributed.is_main():
-        console.print(summary_table("metaexp train", {
-            "algorithm": type(run.algorithm).__name__, "steps": progress.step,
-            f"train {metric}": last["train"][metric] if last["train"] else "-",
-            f"val {metric} (last)": last["val"][metric] if last["val"] else "-",
-            f"val {metric} (best)": progress.best if progress.best is not None else "-",
-            "tasks/s (median of the logged laps)": statistics.median(last["rates"]) if last["rates"] else "-",
-            "wall time (s)": clock.elapsed(), "run directory": str(run_dir)}))
+        console.print(
+            summary_table(
+                "metaexp train",
+                {
+                    "algorithm": type(run.algorithm).__name__,
+                    "steps": progress.step,
+                    f"train {metric}": last["train"][metric] if last["train"] else "-",
+                    f"val {metric} (last)": last["val"][metric] if last["val"] else "-",
+                    f"val {metric} (best)": progress.best if progress.best is not None else "-",
+                    "tasks/s (median of the logged laps)": statistics.median(last["rates"]) if last["rates"] else "-",
+                    "wall time (s)": clock.elapsed(),
+                    "run directory": str(run_dir),
+                },
+            )
+        )
     return progress.best
 
 
 def build_run(cfg: DictConfig, device: torch.device) -> Run:
     dataset = build(cfg.dataset, "dataset")
-    train_tasks = build_sampler(cfg, dataset, "train", device)
-    algorithm = build_algorithm(cfg, train_tasks)
+    train_sampler = build_sampler(cfg, dataset, "train", device)
+    algorithm = build_algorithm(cfg, train_sampler)
     params = {k: v.to(device).requires_grad_() for k, v in algorithm.init_params().items()}
     capturable = {"capturable": True} if cfg.trainer.cuda_graph else {}
     optimizer = build(cfg.optim, "optimizer", params=list(params.values()), **capturable)
     scheduler = build(cfg.scheduler, "scheduler", optimizer=optimizer) if cfg.get("scheduler") else None
     if scheduler is not None and cfg.trainer.cuda_graph:
-        raise MetaexpError("trainer.cuda_graph=true replays a fixed step and cannot follow a learning-rate "
-                           "schedule; drop the scheduler or set trainer.cuda_graph=false.")
-    return Run(algorithm=algorithm, params=params, optimizer=optimizer, scheduler=scheduler,
-               train_tasks=train_tasks, val_tasks=build_sampler(cfg, dataset, "val", device),
-               generator=task_generator(cfg.seed, "train", device, distributed.rank()))
+        raise MetaexpError(
+            "trainer.cuda_graph=true replays a fixed step and cannot follow a learning-rate "
+            "schedule; drop the scheduler or set trainer.cuda_graph=false."
+        )
+    return Run(
+        algorithm=algorithm,
+        params=params,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_sampler=train_sampler,
+        val_sampler=build_sampler(cfg, dataset, "val", device),
+        generator=task_generator(cfg.seed, "train", device, distributed.rank()),
+    )
 
 
 def loop(cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clock, run_dir: Path, device) -> dict:
     """Meta-train from `progress.step` to `cfg.trainer.steps`; returns the last train and val rows and the
     throughput of each logged lap."""
     trainer = cfg.trainer
-    metric, higher_is_better = run.train_tasks.objective.metric, run.train_tasks.objective.higher_is_better
+    metric, higher_is_better = run.train_sampler.objective.metric, run.train_sampler.objective.higher_is_better
     tasks_per_rank = shard(trainer.meta_batch, "trainer.meta_batch")
-    meta_step = MetaStep(run.algorithm, run.params, run.optimizer, device=device, precision=trainer.precision,
-                         compile=trainer.compile, cuda_graph=trainer.cuda_graph, grad_clip=trainer.grad_clip,
-                         task_chunk=trainer.task_chunk)
+    meta_step = MetaStep(
+        run.algorithm,
+        run.params,
+        run.optimizer,
+        device=device,
+        precision=trainer.precision,
+        compile=trainer.compile,
+        cuda_graph=trainer.cuda_graph,
+        grad_clip=trainer.grad_clip,
+        task_chunk=trainer.task_chunk,
+    )
     loss_sum, score_sum = torch.zeros((), device=device), torch.zeros((), device=device)
     done_tasks, logged_at = 0, progress.step
     last = {"train": None, "val": None, "rates": []}
@@ -167,17 +201,25 @@ def loop(cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clo
         check_weights(run.params, progress.step, run_dir, progress.saved_at)
         states = gather_generator_states(run.generator)
         if distributed.is_main():
-            checkpoint.save(run_dir / "checkpoints" / name, {
-                "params": {k: v.detach().cpu() for k, v in run.params.items()},
-                "optimizer": run.optimizer.state_dict(), "step": progress.step,
-                "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
-                "best": progress.best, "elapsed_s": clock.elapsed(), "generator": states, "metric": metric,
-                "config": OmegaConf.to_container(cfg, resolve=False)})
+            checkpoint.save(
+                run_dir / "checkpoints" / name,
+                {
+                    "params": {k: v.detach().cpu() for k, v in run.params.items()},
+                    "optimizer": run.optimizer.state_dict(),
+                    "step": progress.step,
+                    "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+                    "best": progress.best,
+                    "elapsed_s": clock.elapsed(),
+                    "generator": states,
+                    "metric": metric,
+                    "config": OmegaConf.to_container(cfg, resolve=False),
+                },
+            )
         if name == "last.pt":
             progress.saved_at = progress.step
 
     while progress.step < trainer.steps and not stop.signal:
-        batch = run.train_tasks.sample(tasks_per_rank, run.generator)
+        batch = run.train_sampler.sample(tasks_per_rank, run.generator)
         losses, scores = meta_step(batch, progress.step)
         if run.scheduler is not None:
             run.scheduler.step()
@@ -190,8 +232,14 @@ def loop(cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clo
             tasks = (progress.step - logged_at) * trainer.meta_batch
             loss, score = (distributed.total(s).item() / tasks for s in (loss_sum, score_sum))
             check_value("training loss", loss, progress.step, run_dir, progress.saved_at)
-            last["train"] = {"step": progress.step, "split": "train", "loss": loss, metric: score,
-                             "tasks_per_sec": clock.lap(done_tasks), "elapsed_s": clock.elapsed()}
+            last["train"] = {
+                "step": progress.step,
+                "split": "train",
+                "loss": loss,
+                metric: score,
+                "tasks_per_sec": clock.lap(done_tasks),
+                "elapsed_s": clock.elapsed(),
+            }
             write(sinks, last["train"])
             last["rates"].append(last["train"]["tasks_per_sec"])
             bar.update(progress.step, last["train"])
@@ -204,8 +252,13 @@ def loop(cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clo
                 write(sinks, last["val"])
                 for name in ("loss", metric):
                     check_value(f"validation {name}", last["val"][name], progress.step, run_dir, progress.saved_at)
-                log.info("step %d: val loss %.4f, val %s %.4f", progress.step, last["val"]["loss"], metric,
-                         last["val"][metric])
+                log.info(
+                    "step %d: val loss %.4f, val %s %.4f",
+                    progress.step,
+                    last["val"]["loss"],
+                    metric,
+                    last["val"][metric],
+                )
                 value = last["val"][metric]
                 if progress.best is None or (value > progress.best if higher_is_better else value < progress.best):
                     progress.best = value
@@ -216,23 +269,32 @@ def loop(cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clo
             save("last.pt")
         name = signal.Signals(stop.signal).name
         if progress.step == 0:
-            raise Interrupted(f"Stopped by {name} before the first step; nothing was trained. Run the command "
-                              f"again to start.")
+            raise Interrupted(
+                f"Stopped by {name} before the first step; nothing was trained. Run the command again to start."
+            )
         raise Interrupted(
             f"Stopped by {name} at step {progress.step}; {run_dir}/checkpoints/last.pt holds this step. Continue "
-            f"with the same command plus trainer.resume=auto (or trainer.resume={run_dir}).")
+            f"with the same command plus trainer.resume=auto (or trainer.resume={run_dir})."
+        )
     return last
 
 
 def validate(cfg: DictConfig, run: Run, step: int, tasks_per_rank: int, device, clock: Stopwatch) -> dict:
     """The val row: mean query loss and score over the run's fixed validation tasks (the same every time)."""
     generator = task_generator(cfg.seed, "val", device, distributed.rank())
-    batches = sampled_batches(run.val_tasks, shard(cfg.trainer.val_tasks, "trainer.val_tasks"), tasks_per_rank,
-                              generator)
+    batches = sampled_batches(
+        run.val_sampler, shard(cfg.trainer.val_tasks, "trainer.val_tasks"), tasks_per_rank, generator
+    )
     losses, scores = evaluate_batches(run.algorithm, run.params, batches)
-    metric = run.val_tasks.objective.metric
-    return {"step": step, "split": "val", "loss": distributed.mean(losses), metric: distributed.mean(scores),
-            "tasks_per_sec": None, "elapsed_s": clock.elapsed()}
+    metric = run.val_sampler.objective.metric
+    return {
+        "step": step,
+        "split": "val",
+        "loss": distributed.mean(losses),
+        metric: distributed.mean(scores),
+        "tasks_per_sec": None,
+        "elapsed_s": clock.elapsed(),
+    }
 
 
 def check_value(name: str, value: float, step: int, run_dir: Path, saved_at: int | None) -> None:
@@ -244,20 +306,23 @@ def check_weights(params: dict, step: int, run_dir: Path, saved_at: int | None) 
     """Refuse to save weights with NaN or infinite entries (they would overwrite the last good state)."""
     broken = [k for k, v in params.items() if not torch.isfinite(v).all()]
     if broken:
-        raise diverged(f"The weights ({', '.join(broken[:3])}) are no longer finite at step {step}", run_dir,
-                       saved_at)
+        raise diverged(f"The weights ({', '.join(broken[:3])}) are no longer finite at step {step}", run_dir, saved_at)
 
 
 def diverged(what: str, run_dir: Path, saved_at: int | None) -> MetaexpError:
     """The divergence error, saying truthfully what the checkpoints hold."""
     if saved_at is None:
-        kept = (f"No checkpoint was written before it, so there is nothing to resume: lower optim.lr or the inner "
-                f"learning rate, or set trainer.grad_clip, and train again (trainer.resume=auto in {run_dir} starts "
-                f"it over).")
+        kept = (
+            f"No checkpoint was written before it, so there is nothing to resume: lower optim.lr or the inner "
+            f"learning rate, or set trainer.grad_clip, and train again (trainer.resume=auto in {run_dir} starts "
+            f"it over)."
+        )
     else:
-        kept = (f"Nothing non-finite was saved: {run_dir / 'checkpoints'} keeps step {saved_at}. Lower optim.lr "
-                f"or set trainer.grad_clip and continue with trainer.resume=auto, or start a new run with a lower "
-                f"inner learning rate.")
+        kept = (
+            f"Nothing non-finite was saved: {run_dir / 'checkpoints'} keeps step {saved_at}. Lower optim.lr "
+            f"or set trainer.grad_clip and continue with trainer.resume=auto, or start a new run with a lower "
+            f"inner learning rate."
+        )
     return MetaexpError(f"{what}: training diverged. {kept}")
 
 
@@ -267,8 +332,11 @@ def open_sinks(cfg: DictConfig, run_dir: Path, carry_from: Path, upto: int) -> l
     if not distributed.is_main():
         return []
     source = carry_from / "metrics.jsonl"
-    rows = [r for r in read_metrics(source) if isinstance(r.get("step"), int) and r["step"] <= upto] \
-        if source.is_file() else []
+    rows = (
+        [r for r in read_metrics(source) if isinstance(r.get("step"), int) and r["step"] <= upto]
+        if source.is_file()
+        else []
+    )
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return [MetricsFile(run_dir), *([build(cfg.logger, "logger")] if cfg.get("logger") else [])]
 
@@ -290,25 +358,33 @@ def describe_setting(cfg: DictConfig) -> str:
         tasks = f"{sampler.ways}-way {sampler.shots}-shot, {sampler.queries} queries per class"
     else:
         tasks = f"{sampler.shots}-shot regression, {sampler.queries} query points"
-    inner = (f", inner rate {algorithm.inner_lr} x {algorithm.inner_steps} steps" if "inner_lr" in algorithm
-             else "")
+    inner = f", inner rate {algorithm.inner_lr} x {algorithm.inner_steps} steps" if "inner_lr" in algorithm else ""
     name = algorithm._target_.rsplit(".", 1)[-1]
-    return (f"{name} on {cfg.dataset._target_.rsplit('.', 1)[-1]}: {tasks}{inner}, meta-batch "
-            f"{cfg.trainer.meta_batch}, {cfg.trainer.steps} steps")
+    return (
+        f"{name} on {cfg.dataset._target_.rsplit('.', 1)[-1]}: {tasks}{inner}, meta-batch "
+        f"{cfg.trainer.meta_batch}, {cfg.trainer.steps} steps"
+    )
 
 
 def describe_machine(device: torch.device) -> dict:
     """What ran this: the device (GPU card or CPU cores), process count, versions, and the code's git commit
     with a flag for uncommitted changes (null outside a git checkout, e.g. from a wheel)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
-    return {"device": name, "processes": distributed.world_size(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "metaexp": __version__, "python": platform.python_version(),
-            **git_state(Path(__file__).resolve().parent)}
+    return {
+        "device": name,
+        "processes": distributed.world_size(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "metaexp": __version__,
+        "python": platform.python_version(),
+        **git_state(Path(__file__).resolve().parent),
+    }
 
 
 def git_state(where: Path) -> dict:
     def git(*args):
         return subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10)
+
     try:
         commit = git("rev-parse", "HEAD")
         if commit.returncode:
@@ -326,8 +402,9 @@ def shard(count: int, setting: str) -> int:
     """This rank's share of `count` tasks: the first `count % world` ranks take one more."""
     world, rank = distributed.world_size(), distributed.rank()
     if count < world:
-        raise MetaexpError(f"{setting}={count} gives fewer tasks than the {world} processes; set it to at least "
-                           f"{world}.")
+        raise MetaexpError(
+            f"{setting}={count} gives fewer tasks than the {world} processes; set it to at least {world}."
+        )
     return count // world + (rank < count % world)
 
 

@@ -1,4 +1,5 @@
 """Per-task loss and score for the two kinds of task: classification and regression."""
+
 from typing import Callable
 
 import torch

@@ -4,6 +4,7 @@ A resume may change how long and how fast the run trains (steps, logging, learni
 but not what it learns (data, tasks, model, algorithm, seed): those keys are refused, with their old and new
 values, before anything is written.
 """
+
 import logging
 from pathlib import Path
 
@@ -17,9 +18,26 @@ from metaexp.rundir import RunDirError
 log = logging.getLogger("metaexp.loop")
 
 # Keys a resume may change; `_target_` under optim/scheduler never (the saved state belongs to that class).
-SAFE = ("trainer.steps", "trainer.log_every", "trainer.val_every", "trainer.resume", "trainer.device",
-        "trainer.compile", "trainer.cuda_graph", "trainer.task_chunk", "trainer.precision", "trainer.grad_clip",
-        "optim.", "scheduler.", "logger", "paths.", "test.", "dataset.root", "dataset.download", "dataset.workers")
+SAFE = (
+    "trainer.steps",
+    "trainer.log_every",
+    "trainer.val_every",
+    "trainer.resume",
+    "trainer.device",
+    "trainer.compile",
+    "trainer.cuda_graph",
+    "trainer.task_chunk",
+    "trainer.precision",
+    "trainer.grad_clip",
+    "optim.",
+    "scheduler.",
+    "logger",
+    "paths.",
+    "test.",
+    "dataset.root",
+    "dataset.download",
+    "dataset.workers",
+)
 
 
 def flat(node, prefix: str = "") -> dict:
@@ -48,7 +66,8 @@ def check_changes(saved: dict, cfg: DictConfig, source: Path) -> list:
         raise RunDirError(
             f"Cannot resume from {source}: the config changed what the run learns ({listed}). A resume may change "
             f"only steps, logging, device, learning rate and schedule. Put those settings back, or start a new "
-            f"run without trainer.resume. Nothing was written.")
+            f"run without trainer.resume. Nothing was written."
+        )
     return [c for c in found if c[0] != "trainer.resume"]
 
 
@@ -114,8 +133,13 @@ def restore(state: dict, cfg: DictConfig, params: dict, optimizer, scheduler, ge
         for group, fresh in zip(optimizer.param_groups, fresh_groups):
             group.update(fresh)
         if scheduler is not None:
-            scheduler.load_state_dict({**fresh_schedule, "last_epoch": state["scheduler"]["last_epoch"],
-                                       "_step_count": state["scheduler"]["_step_count"]})
+            scheduler.load_state_dict(
+                {
+                    **fresh_schedule,
+                    "last_epoch": state["scheduler"]["last_epoch"],
+                    "_step_count": state["scheduler"]["_step_count"],
+                }
+            )
             rates = scheduler._get_closed_form_lr()
             for group, rate in zip(optimizer.param_groups, rates):
                 group["lr"] = rate
@@ -127,5 +151,7 @@ def restore(state: dict, cfg: DictConfig, params: dict, optimizer, scheduler, ge
 def resolved(config) -> dict:
     """The optimizer and scheduler settings of a config, interpolations resolved (T_max follows steps)."""
     config = OmegaConf.create(config if isinstance(config, dict) else OmegaConf.to_container(config))
-    return {key: OmegaConf.to_container(config[key], resolve=True) if config.get(key) is not None else None
-            for key in ("optim", "scheduler")}
+    return {
+        key: OmegaConf.to_container(config[key], resolve=True) if config.get(key) is not None else None
+        for key in ("optim", "scheduler")
+    }

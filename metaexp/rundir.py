@@ -6,6 +6,7 @@ directory, a config that changed under a resume) would already have overwritten 
 conf/hydra/default.yaml turns that off (`output_subdir: null`) and `record_config` writes the same three files
 after the checks.
 """
+
 import contextlib
 import errno
 import fcntl
@@ -53,7 +54,8 @@ def exclusive(run_dir: Path):
                 f"Another metaexp process is writing {run_dir} right now. Two runs in one directory would mix "
                 f"their checkpoints and metrics, so this one stops without touching it. Wait for the other to "
                 f"finish, or give this run its own directory (drop hydra.run.dir / hydra.sweep.dir, or pick a "
-                f"new one).") from error
+                f"new one)."
+            ) from error
         yield
     finally:
         os.close(fd)
@@ -76,7 +78,8 @@ def refuse_used(run_dir: Path) -> None:
         raise RunDirError(
             f"{run_dir} already holds a run ({found}); a new run there would overwrite it. Continue that run "
             f"with trainer.resume=auto, or start this one in a new directory (drop hydra.run.dir, or pick "
-            f"another). Nothing in {run_dir} was changed.")
+            f"another). Nothing in {run_dir} was changed."
+        )
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:

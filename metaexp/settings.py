@@ -4,6 +4,7 @@ The YAML files under conf/ hold the values; these dataclasses hold what a value 
 `trainer.steps=abc` or `trainer.meta_batch=0` ends in one paragraph naming the setting instead of a traceback
 (or, worse, a run that trains nothing and exits 0).
 """
+
 from dataclasses import dataclass
 from typing import Any, Optional, get_args
 
@@ -35,6 +36,8 @@ class Trainer:
         one_of("trainer.precision", self.precision, ("fp32", "bf16"))
         if self.task_chunk != "auto" and not (isinstance(self.task_chunk, int) and self.task_chunk > 0):
             refuse("trainer.task_chunk", self.task_chunk, "`auto` or a whole number of tasks above 0")
+        if self.resume is not None and self.resume.lower() in ("false", "none", "no", "off", ""):
+            refuse("trainer.resume", self.resume, "null for a fresh run, auto, or a checkpoint or run directory")
         if self.grad_clip is not None and not self.grad_clip > 0:
             refuse("trainer.grad_clip", self.grad_clip, "a norm above 0, or null for no clipping")
 
@@ -44,7 +47,6 @@ class Eval:
     episodes: int
     meta_batch: int
     split: str
-    inner_steps: Optional[int]
     output: Optional[str]
     episodes_file: Optional[str]
     save_episodes: Optional[str]
@@ -52,8 +54,6 @@ class Eval:
     def check(self) -> None:
         positive("eval", self, "episodes", "meta_batch")
         one_of("eval.split", self.split, SPLITS)
-        if self.inner_steps is not None and self.inner_steps < 0:
-            refuse("eval.inner_steps", self.inner_steps, "0 or more inner steps, or null for the run's own")
 
 
 def check_train(cfg: DictConfig) -> None:
@@ -65,10 +65,15 @@ def check_train(cfg: DictConfig) -> None:
 def check_eval(cfg: DictConfig) -> None:
     """Refuse a `metaexp eval` config without a checkpoint, or with settings that cannot be run."""
     if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise MetaexpError("metaexp eval needs a checkpoint: add checkpoint=PATH, the path of a run's "
-                           "checkpoints/best.pt or last.pt, or of its run directory.")
+        raise MetaexpError(
+            "metaexp eval needs a checkpoint: add checkpoint=PATH, the path of a run's "
+            "checkpoints/best.pt or last.pt, or of its run directory."
+        )
     typed(cfg, "seed", int)
     checked(cfg.eval, Eval, "eval").check()
+    steps = cfg.test.inner_steps
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
+        refuse("test.inner_steps", steps, "0 or more inner steps, or null for the run's own")
 
 
 def checked(node: DictConfig, schema: type, prefix: str):
@@ -76,13 +81,17 @@ def checked(node: DictConfig, schema: type, prefix: str):
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
     except ConfigKeyError as error:
-        raise MetaexpError(f"{prefix}.{error.key} is not a setting of `{prefix}`. The settings are "
-                           f"{', '.join(schema.__dataclass_fields__)}; check the spelling.") from error
+        raise MetaexpError(
+            f"{prefix}.{error.key} is not a setting of `{prefix}`. The settings are "
+            f"{', '.join(schema.__dataclass_fields__)}; check the spelling."
+        ) from error
     except ValidationError as error:
         key = str(error.full_key).split(".")[-1]
         expected = schema.__dataclass_fields__[key].type
-        raise MetaexpError(f"{prefix}.{key}={error.value!r} is not valid: it must be {describe(expected)}. "
-                           f"Set it again on the command line, e.g. {prefix}.{key}={example(expected)}.") from error
+        raise MetaexpError(
+            f"{prefix}.{key}={error.value!r} is not valid: it must be {describe(expected)}. "
+            f"Set it again on the command line, e.g. {prefix}.{key}={example(expected)}."
+        ) from error
 
 
 def typed(cfg: DictConfig, key: str, kind: type) -> None:
@@ -109,8 +118,9 @@ def refuse(key: str, value, expected: str):
 def describe(kind) -> str:
     """Words for a schema type: `Optional[float]` reads "a number or null"."""
     options = [k for k in get_args(kind) if k is not type(None)] or [kind]
-    words = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}.get(options[0],
-                                                                                                  "a value")
+    words = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}.get(
+        options[0], "a value"
+    )
     return f"{words} or null" if len(options) < len(get_args(kind)) else words
 
 

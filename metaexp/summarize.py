@@ -1,6 +1,7 @@
 """`metaexp summarize DIR...`: one row per run (or per config, averaged over seeds) with validation and test
 metrics, published figures, steps, wall time, throughput and machine; a rich table, CSV or Markdown, and
 learning curves with `--plot`."""
+
 import argparse
 import csv
 import io
@@ -20,14 +21,72 @@ from rich.table import Table
 from metaexp.logs import console, read_metrics
 
 # (display heading, record field) of the table; CSV and JSON use the field names and plain numbers.
-COLUMNS = [("run", "label"), ("test", "test"), ("test metric", "test_mean"), ("published", "published"),
-           ("best val", "best_val"), ("final val", "final_val"), ("steps", "steps"), ("wall time (s)", "wall_time_s"),
-           ("tasks/s", "tasks_per_sec"), ("machine", "machine"), ("status", "status")]
-FIELDS = ["label", "test", "metric", "higher_is_better", "test_mean", "test_ci95", "ci", "episodes", "n_seeds",
-          "published", "best_val", "final_val", "steps", "wall_time_s", "tasks_per_sec", "machine", "status", "run"]
+COLUMNS = [
+    ("run", "label"),
+    ("test", "test"),
+    ("test metric", "test_mean"),
+    ("published", "published"),
+    ("best val", "best_val"),
+    ("final val", "final_val"),
+    ("steps", "steps"),
+    ("wall time (s)", "wall_time_s"),
+    ("tasks/s", "tasks_per_sec"),
+    ("machine", "machine"),
+    ("status", "status"),
+]
+FIELDS = [
+    "label",
+    "test",
+    "metric",
+    "higher_is_better",
+    "test_mean",
+    "test_ci95",
+    "ci",
+    "episodes",
+    "n_seeds",
+    "published",
+    "best_val",
+    "final_val",
+    "steps",
+    "wall_time_s",
+    "tasks_per_sec",
+    "machine",
+    "status",
+    "run",
+]
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (any statistics table).
-T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+T95 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 
 def find_runs(paths: list) -> list:
@@ -40,9 +99,11 @@ def find_runs(paths: list) -> list:
             if config.is_file():
                 runs.add(config.parent.parent)
     if not runs:
-        raise MetaexpError(f"No runs under {', '.join(map(str, paths))}: a run directory holds .hydra/config.yaml "
-                           f"and metrics.jsonl, as `metaexp train` writes them (outputs/<date>/<time>/ or "
-                           f"outputs/multirun/<date>/<time>/<job>/).")
+        raise MetaexpError(
+            f"No runs under {', '.join(map(str, paths))}: a run directory holds .hydra/config.yaml "
+            f"and metrics.jsonl, as `metaexp train` writes them (outputs/<date>/<time>/ or "
+            f"outputs/multirun/<date>/<time>/<job>/)."
+        )
     return sorted(runs)
 
 
@@ -52,6 +113,7 @@ class BadRun(Exception):
 
 def load_run(run: Path) -> tuple:
     """(config, overrides, metrics rows) of a run directory, each checked for the fields summarize reads."""
+
     def yaml_file(path, kind, default):
         if not path.is_file():
             return default
@@ -62,6 +124,7 @@ def load_run(run: Path) -> tuple:
         if not isinstance(value, kind):
             raise BadRun(f"{path.relative_to(run)} does not hold a {kind.__name__}")
         return value
+
     config = yaml_file(run / ".hydra" / "config.yaml", dict, None)
     if config is None:
         raise BadRun(".hydra/config.yaml is empty")
@@ -91,30 +154,47 @@ def describe(run: Path) -> list:
     laps = [r["tasks_per_sec"] for r in rows if r["split"] == "train" and r.get("tasks_per_sec")]
     steps = max((r["step"] for r in rows), default=0)
     planned = config.get("trainer", {}).get("steps")
-    status = "done" if steps and steps == planned else (f"stopped at step {steps}" if steps else
-                                                        f"failed: {last_error(run)}")
+    status = (
+        "done"
+        if steps and steps == planned
+        else (f"stopped at step {steps}" if steps else f"failed: {last_error(run)}")
+    )
     machine_file = run / "machine.json"
     base = {
-        "run": str(run), "overrides": [o for o in overrides if not o.startswith("hydra.")],
+        "run": str(run),
+        "overrides": [o for o in overrides if not o.startswith("hydra.")],
         "preset": next((o.partition("=")[2] for o in overrides if o.startswith("experiment=")), None),
-        "metric": metric, "higher_is_better": higher if metric else None, "protocol": protocol(config, metric),
+        "metric": metric,
+        "higher_is_better": higher if metric else None,
+        "protocol": protocol(config, metric),
         "val_curve": [(r["step"], r[metric]) for r in val],
         "best_val": (max if higher else min)(r[metric] for r in val) if val else None,
-        "final_val": val[-1][metric] if val else None, "steps": steps,
+        "final_val": val[-1][metric] if val else None,
+        "steps": steps,
         "wall_time_s": max((r["elapsed_s"] for r in rows if r.get("elapsed_s") is not None), default=None),
         # The median lap, as `metaexp train` prints it: laps leave validation time out (metaexp.logs.Stopwatch).
         "tasks_per_sec": statistics.median(laps) if laps else None,
         "machine": json.loads(machine_file.read_text()).get("device") if machine_file.is_file() else None,
-        "status": status, "published": None, "n_seeds": 1}
+        "status": status,
+        "published": None,
+        "n_seeds": 1,
+    }
     evals = sorted(run.glob("eval*.json"))
     if not evals:
         return [{**base, "test": None, "test_mean": None, "test_ci95": None, "episodes": None, "ci": None}]
     records = []
     for path in evals:
         report = read_report(path)
-        records.append({**base, "test": setting(report["settings"]["sampler"]), "test_mean": report["mean"],
-                        "test_ci95": report["ci95"], "episodes": report["episodes"],
-                        "ci": f"95% normal interval over {report['episodes']} episodes"})
+        records.append(
+            {
+                **base,
+                "test": setting(report["settings"]["sampler"]),
+                "test_mean": report["mean"],
+                "test_ci95": report["ci95"],
+                "episodes": report["episodes"],
+                "ci": f"95% normal interval over {report['episodes']} episodes",
+            }
+        )
     return records
 
 
@@ -139,6 +219,7 @@ def published_tables() -> dict:
     from omegaconf import OmegaConf
 
     from metaexp.api import config_dir
+
     conf = Path(config_dir())
     tables = {}
     with initialize_config_dir(str(conf), version_base="1.3"):
@@ -158,13 +239,36 @@ def attach_published(records: list, tables: dict) -> None:
 def preset_records(records: list, tables: dict) -> list:
     """A 'not yet run' record for each published setting of each preset that no run evaluated."""
     done = {(r["preset"], r["test"]) for r in records if r["test_mean"] is not None}
-    return [{"run": preset, "label": preset, "config": preset, "preset": preset, "overrides": [], "metric": None,
-             "higher_is_better": None, "protocol": None, "val_curve": [], "test": setting_name, "test_mean": None,
-             "test_ci95": None, "ci": None, "episodes": None, "n_seeds": 0, "published": value, "best_val": None,
-             "final_val": None, "steps": 0, "wall_time_s": None, "tasks_per_sec": None, "machine": None,
-             "status": "not yet run"}
-            for preset, table in tables.items() for setting_name, value in table.items()
-            if (preset, setting_name) not in done]
+    return [
+        {
+            "run": preset,
+            "label": preset,
+            "config": preset,
+            "preset": preset,
+            "overrides": [],
+            "metric": None,
+            "higher_is_better": None,
+            "protocol": None,
+            "val_curve": [],
+            "test": setting_name,
+            "test_mean": None,
+            "test_ci95": None,
+            "ci": None,
+            "episodes": None,
+            "n_seeds": 0,
+            "published": value,
+            "best_val": None,
+            "final_val": None,
+            "steps": 0,
+            "wall_time_s": None,
+            "tasks_per_sec": None,
+            "machine": None,
+            "status": "not yet run",
+        }
+        for preset, table in tables.items()
+        for setting_name, value in table.items()
+        if (preset, setting_name) not in done
+    ]
 
 
 def last_error(run: Path) -> str:
@@ -190,8 +294,11 @@ def label_runs(records: list) -> None:
         for o in r["overrides"]:
             key, _, value = o.partition("=")
             keys.setdefault(key, set()).add(value)
-    differing = {k for k, values in keys.items() if len(values) > 1 or any(
-        k not in {o.partition("=")[0] for o in r["overrides"]} for r in records)}
+    differing = {
+        k
+        for k, values in keys.items()
+        if len(values) > 1 or any(k not in {o.partition("=")[0] for o in r["overrides"]} for r in records)
+    }
     for r in records:
         parts = [short(o) for o in r["overrides"] if o.partition("=")[0] in differing]
         r["label"] = " ".join(parts) or Path(r["run"]).name
@@ -214,28 +321,45 @@ def by_config(records: list) -> list:
         groups.setdefault((r["config"], r["test"]), []).append(r)
     merged = []
     for (config, test), group in groups.items():
+
         def mean(key):
             values = [g[key] for g in group if g[key] is not None]
             return sum(values) / len(values) if values else None
+
         tests = [g["test_mean"] for g in group if g["test_mean"] is not None]
         single = len(tests) == 1
-        merged.append({**group[0], "label": f"{config or 'all'} (n={len(group)})", "test_mean": mean("test_mean"),
-                       "test_ci95": group[0]["test_ci95"] if single else t_interval(tests) if tests else None,
-                       "ci": group[0]["ci"] if single else f"95% t interval over {len(tests)} seeds" if tests else None,
-                       "n_seeds": len(group), "best_val": mean("best_val"), "final_val": mean("final_val"),
-                       "wall_time_s": mean("wall_time_s"), "tasks_per_sec": mean("tasks_per_sec"),
-                       "status": ", ".join(sorted({g["status"] for g in group})),
-                       "val_curves": [g["val_curve"] for g in group]})
+        merged.append(
+            {
+                **group[0],
+                "label": f"{config or 'all'} (n={len(group)})",
+                "test_mean": mean("test_mean"),
+                "test_ci95": group[0]["test_ci95"] if single else t_interval(tests) if tests else None,
+                "ci": group[0]["ci"] if single else f"95% t interval over {len(tests)} seeds" if tests else None,
+                "n_seeds": len(group),
+                "best_val": mean("best_val"),
+                "final_val": mean("final_val"),
+                "wall_time_s": mean("wall_time_s"),
+                "tasks_per_sec": mean("tasks_per_sec"),
+                "status": ", ".join(sorted({g["status"] for g in group})),
+                "val_curves": [g["val_curve"] for g in group],
+            }
+        )
     return merged
 
 
 def cells(r: dict) -> list:
     """The display strings of a record's table row."""
+
     def number(v, digits=4):
         return "" if v is None else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
     shown = {field: number(r.get(field)) for _, field in COLUMNS}
-    shown["label"], shown["test"], shown["machine"], shown["status"] = (r["label"], r["test"] or "",
-                                                                        r["machine"] or "", r["status"])
+    shown["label"], shown["test"], shown["machine"], shown["status"] = (
+        r["label"],
+        r["test"] or "",
+        r["machine"] or "",
+        r["status"],
+    )
     shown["wall_time_s"] = number(r["wall_time_s"], 5)
     if r["test_mean"] is not None:
         shown["test_mean"] = f"{r['test_mean']:.4f} ± {r['test_ci95']:.4f}"
@@ -246,9 +370,11 @@ def plot(records: list, path: Path, grouped: bool) -> None:
     """Validation metric vs step: one panel per validation protocol (metric and training setting), one line with
     markers per run or config (band: min-max over seeds)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
     protocols = sorted({r["protocol"] for r in records if r["metric"] and r["val_curve"]})
     if not protocols:
         raise MetaexpError("None of these runs has validation metrics to plot yet.")
@@ -263,10 +389,11 @@ def plot(records: list, path: Path, grouped: bool) -> None:
             steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
             values = [[dict(c)[s] for c in curves] for s in steps]
             label = r["label"] if len(r["label"]) <= 40 else r["label"][:37] + "..."
-            line, = axis.plot(steps, [sum(v) / len(v) for v in values], marker="o", markersize=4, label=label)
+            (line,) = axis.plot(steps, [sum(v) / len(v) for v in values], marker="o", markersize=4, label=label)
             if len(curves) > 1:
-                axis.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2,
-                                  color=line.get_color())
+                axis.fill_between(
+                    steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2, color=line.get_color()
+                )
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("meta-training step")
         axis.set_ylabel(f"validation {name.split(',')[0]}")
@@ -280,14 +407,21 @@ def plot(records: list, path: Path, grouped: bool) -> None:
 def main(argv: list) -> None:
     parser = argparse.ArgumentParser(prog="metaexp summarize", description=__doc__)
     parser.add_argument("dirs", nargs="+", help="run directories or multirun directories")
-    parser.add_argument("--by", choices=["run", "config"], default="run",
-                        help="one row per run, or per config averaged over seeds (95%% t-interval over the seeds)")
+    parser.add_argument(
+        "--by",
+        choices=["run", "config"],
+        default="run",
+        help="one row per run, or per config averaged over seeds (95%% t-interval over the seeds)",
+    )
     parser.add_argument("--csv", action="store_true", help="write CSV (numeric columns) to standard output")
     parser.add_argument("--json", action="store_true", help="write the records as JSON to standard output")
     parser.add_argument("--markdown", action="store_true", help="write a Markdown table to standard output")
     parser.add_argument("--plot", type=Path, help="write learning curves (validation metric vs step) to this PNG")
-    parser.add_argument("--presets", action="store_true",
-                        help="add a 'not yet run' row for each published preset setting that no run evaluated")
+    parser.add_argument(
+        "--presets",
+        action="store_true",
+        help="add a 'not yet run' row for each published preset setting that no run evaluated",
+    )
     args = parser.parse_args(argv)
     records, bad = [], []
     for run in find_runs(args.dirs):

@@ -10,6 +10,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 # A few steps of anything (conf/debug/fast.yaml: 4 steps, a row each, validation every 2 on 8 tasks), on the CPU.
 TINY = ["debug=fast", "trainer.meta_batch=5", "trainer.device=cpu"]
+# Omniglot from a local layout (make_layout's, in a test), split into background / evaluation alphabets.
+OMNIGLOT = ["dataset=omniglot", "dataset.download=false", "dataset.split_scheme=lake"]
 ALPHABETS = {"images_background": ["Hebrew", "Latin", "Korean"], "images_evaluation": ["Angelic", "Tengwar"]}
 OMNIGLOT = (ROOT.parent / "shared" / "data" / "omniglot").resolve()
 
@@ -17,8 +19,14 @@ OMNIGLOT = (ROOT.parent / "shared" / "data" / "omniglot").resolve()
 def run_cli(*args, cwd, timeout=300, env=None):
     """Run `python -m metaexp ARGS` in a subprocess; returns the CompletedProcess (never raises on failure)."""
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", "COLUMNS": "200", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "metaexp", *map(str, args)], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "metaexp", *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def make_layout(root: Path, drawings=4) -> Path:
@@ -51,8 +59,10 @@ def only_report(run_dir) -> dict:
 @pytest.fixture
 def cli(tmp_path):
     """`cli(*args)` runs metaexp in a temporary working directory (outputs land under it)."""
+
     def call(*args, **kwargs):
         return run_cli(*args, cwd=kwargs.pop("cwd", tmp_path), **kwargs)
+
     return call
 
 

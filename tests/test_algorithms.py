@@ -1,5 +1,6 @@
 """Each algorithm against its reference: learn2learn's clone/adapt MAML, MetaSGD and ANIL (float64
 meta-gradients), a plain per-task SGD loop for Reptile, and direct computations for the metric heads."""
+
 import copy
 
 import pytest
@@ -13,9 +14,9 @@ from metaexp.algorithms.metaoptnet import MetaOptNet
 from metaexp.algorithms.metasgd import MetaSGD
 from metaexp.algorithms.protonet import ProtoNet
 from metaexp.algorithms.reptile import Reptile
-from metaexp.models.conv4 import Conv4
+from metaexp.backbones.conv4 import Conv4
 from metaexp.objectives import CLASSIFICATION
-from metaexp.tasks import TaskBatch
+from metaexp.samplers import TaskBatch
 
 l2l = pytest.importorskip("learn2learn", reason="learn2learn is the reference; `make install` installs it")
 WAYS, SHOTS, QUERIES, TASKS, HIDDEN = 5, 1, 3, 3, 8
@@ -23,10 +24,13 @@ WAYS, SHOTS, QUERIES, TASKS, HIDDEN = 5, 1, 3, 3, 8
 
 def tasks(seed=0, shots=SHOTS):
     g = torch.Generator().manual_seed(seed)
+
     def images(n):
         return torch.rand(TASKS, n, 1, 28, 28, generator=g, dtype=torch.float64)
+
     def labels(k):
         return torch.arange(WAYS).repeat_interleave(k).expand(TASKS, -1).contiguous()
+
     return TaskBatch(images(WAYS * shots), labels(shots), images(WAYS * QUERIES), labels(QUERIES))
 
 
@@ -39,8 +43,13 @@ def ours_and_peer(seed=0, flatten=False):
     torch.manual_seed(seed)
     if flatten:
         ours = Conv4(WAYS, hidden=HIDDEN, embedding="flatten").double()
-        peer = l2l.vision.models.CNN4(WAYS, hidden_size=HIDDEN, channels=1, max_pool=False,
-                                      embedding_size=ours.embedding_size).double().train()
+        peer = (
+            l2l.vision.models.CNN4(
+                WAYS, hidden_size=HIDDEN, channels=1, max_pool=False, embedding_size=ours.embedding_size
+            )
+            .double()
+            .train()
+        )
     else:
         ours = Conv4(WAYS, hidden=HIDDEN).double()
         peer = l2l.vision.models.OmniglotCNN(WAYS, hidden_size=HIDDEN).double().train()
@@ -101,8 +110,9 @@ def peer_maml_gradients(peer, batch, steps, lr, first_order, meta_sgd=False):
 def test_maml_meta_gradient_equals_learn2learn(first_order, steps):
     ours, peer, names = ours_and_peer()
     batch = tasks()
-    _, grads = our_gradients(MAML(ours, CLASSIFICATION, inner_lr=0.4, inner_steps=steps,
-                                  first_order=first_order), batch)
+    _, grads = our_gradients(
+        MAML(ours, CLASSIFICATION, inner_lr=0.4, inner_steps=steps, first_order=first_order), batch
+    )
     peer_maml_gradients(peer, batch, steps, 0.4, first_order)
     peer_grads = {k: p.grad for k, p in peer.named_parameters()}
     assert_close(grads, {k: peer_grads[names[k]] for k in grads})
@@ -116,8 +126,13 @@ def test_metasgd_meta_gradient_equals_learn2learn():
     peer_grads = {k: p.grad for k, p in peer.named_parameters()}
     peer_lr_grads = {k: lr.grad for (k, _), lr in zip(peer.named_parameters(), meta.lrs)}
     assert set(grads) == {*names, *(f"meta.lr.{k}" for k in names)}
-    assert_close(grads, {k: peer_lr_grads[names[k[len("meta.lr."):]]] if k.startswith("meta.lr.")
-                         else peer_grads[names[k]] for k in grads})
+    assert_close(
+        grads,
+        {
+            k: peer_lr_grads[names[k[len("meta.lr.") :]]] if k.startswith("meta.lr.") else peer_grads[names[k]]
+            for k in grads
+        },
+    )
 
 
 def test_anil_meta_gradient_equals_learn2learn():
@@ -140,8 +155,9 @@ def test_anil_meta_gradient_equals_learn2learn():
 def test_maml_plus_plus_options_change_the_objective_as_scheduled():
     ours, _, _ = ours_and_peer()
     batch = tasks()
-    maml = MAML(ours, CLASSIFICATION, inner_lr=0.4, inner_steps=3, per_step_lrs=True, multi_step_loss=100,
-                first_order_until=10)
+    maml = MAML(
+        ours, CLASSIFICATION, inner_lr=0.4, inner_steps=3, per_step_lrs=True, multi_step_loss=100, first_order_until=10
+    )
     params = maml.init_params()
     assert params["meta.lr.head.weight"].shape == (3,)
     assert maml.step_weights(0, 3) == pytest.approx([1 / 3, 1 / 3, 1 / 3])
@@ -179,7 +195,7 @@ def reference_metric_loss(model, batch, logits_of):
     total = 0.0
     for sx, sy, qx, qy in zip(*batch):
         z = model.features(torch.cat([sx, qx]))
-        zs, zq = z[:len(sx)], z[len(sx):]
+        zs, zq = z[: len(sx)], z[len(sx) :]
         total = total + F.cross_entropy(logits_of(zs, sy, zq), qy)
     return total / len(batch)
 
@@ -200,9 +216,10 @@ def metaoptnet_logits(zs, sy, zq, ridge=50.0):
     return zq @ weights
 
 
-@pytest.mark.parametrize("algorithm, logits_of", [(ProtoNet, protonet_logits),
-                                                  (MatchingNet, matchingnet_logits),
-                                                  (MetaOptNet, metaoptnet_logits)])
+@pytest.mark.parametrize(
+    "algorithm, logits_of",
+    [(ProtoNet, protonet_logits), (MatchingNet, matchingnet_logits), (MetaOptNet, metaoptnet_logits)],
+)
 def test_metric_heads_equal_direct_computation(algorithm, logits_of):
     ours, _, _ = ours_and_peer()
     batch = tasks(shots=3)
@@ -225,25 +242,34 @@ def test_evaluation_matches_training_forward_and_needs_no_outer_graph():
 
 def test_algorithm_backbone_pairs_that_cannot_work_are_refused():
     from metaexp.errors import MetaexpError
-    from metaexp.models.mlp import MLP
+    from metaexp.backbones.mlp import MLP
     from metaexp.objectives import REGRESSION
+
     with pytest.raises(MetaexpError, match="cannot learn mse regression"):
         ProtoNet(MLP(), REGRESSION, ways=5)
     with pytest.raises(MetaexpError, match="this backbone has none"):
         ANIL(Conv4(None, hidden=HIDDEN), CLASSIFICATION)
-    assert set(ProtoNet(Conv4(None, hidden=HIDDEN), CLASSIFICATION, ways=5).init_params()) == \
-        {k for k, _ in Conv4(5, hidden=HIDDEN).named_parameters() if not k.startswith("head.")}
+    assert set(ProtoNet(Conv4(None, hidden=HIDDEN), CLASSIFICATION, ways=5).init_params()) == {
+        k for k, _ in Conv4(5, hidden=HIDDEN).named_parameters() if not k.startswith("head.")
+    }
 
 
 def test_backbones_build_and_train_under_vmap():
-    from metaexp.models.resnet12 import ResNet12
+    from metaexp.backbones.resnet12 import ResNet12
+
     assert Conv4(5, in_channels=3, image_size=84, hidden=32, max_pool=True, embedding="flatten").embedding_size == 800
     assert Conv4(5).embedding_size == 64
     g = torch.Generator().manual_seed(0)
-    batch = TaskBatch(torch.rand(2, 5, 3, 32, 32, generator=g), torch.arange(5).expand(2, 5),
-                      torch.rand(2, 10, 3, 32, 32, generator=g), torch.arange(5).repeat(2).expand(2, 10))
-    for algorithm in (ProtoNet(ResNet12(None, channels=(8, 8, 16, 16)), CLASSIFICATION, ways=5),
-                      MAML(ResNet12(5, channels=(8, 8, 16, 16)), CLASSIFICATION, inner_lr=0.1)):
+    batch = TaskBatch(
+        torch.rand(2, 5, 3, 32, 32, generator=g),
+        torch.arange(5).expand(2, 5),
+        torch.rand(2, 10, 3, 32, 32, generator=g),
+        torch.arange(5).repeat(2).expand(2, 10),
+    )
+    for algorithm in (
+        ProtoNet(ResNet12(None, channels=(8, 8, 16, 16)), CLASSIFICATION, ways=5),
+        MAML(ResNet12(5, channels=(8, 8, 16, 16)), CLASSIFICATION, inner_lr=0.1),
+    ):
         params = {k: v.requires_grad_() for k, v in algorithm.init_params().items()}
         objective, losses, scores = algorithm.meta_loss(params, batch)
         objective.backward()

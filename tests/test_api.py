@@ -1,13 +1,22 @@
 """The Python API: compose -> train -> load_run -> adapt, with no Hydra run, gives what the CLI gives."""
+
 import torch
 
 import metaexp
-from metaexp.tasks import task_generator
+from metaexp.samplers import task_generator
 
 
 def test_compose_train_load_and_adapt_in_a_notebook(tmp_path):
-    cfg = metaexp.compose(["trainer.steps=6", "trainer.val_every=3", "trainer.val_tasks=10", "trainer.meta_batch=5",
-                           "trainer.log_every=2", "trainer.device=cpu"])
+    cfg = metaexp.compose(
+        [
+            "trainer.steps=6",
+            "trainer.val_every=3",
+            "trainer.val_tasks=10",
+            "trainer.meta_batch=5",
+            "trainer.log_every=2",
+            "trainer.device=cpu",
+        ]
+    )
     best = metaexp.train(cfg, tmp_path / "run")
     assert best > 0 and (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
@@ -15,7 +24,7 @@ def test_compose_train_load_and_adapt_in_a_notebook(tmp_path):
     run = metaexp.load_run(tmp_path / "run")
     assert run.step in (3, 6) and [r["step"] for r in run.metrics if r["split"] == "val"] == [3, 6]
     components = metaexp.build(run.cfg)
-    batch = components.val_tasks.sample(4, task_generator(0, "val", "cpu"))
+    batch = components.val_sampler.sample(4, task_generator(0, "val", "cpu"))
     losses, _ = run.algorithm.evaluate(run.params, batch)
     for task in range(4):
         predict = run.algorithm.adapt(run.params, batch.support_x[task], batch.support_y[task])
@@ -27,16 +36,23 @@ def test_adapt_matches_each_algorithms_own_evaluation():
     from metaexp.algorithms.anil import ANIL
     from metaexp.algorithms.protonet import ProtoNet
     from metaexp.algorithms.reptile import Reptile
-    from metaexp.models.conv4 import Conv4
+    from metaexp.backbones.conv4 import Conv4
     from metaexp.objectives import CLASSIFICATION
-    from metaexp.tasks import TaskBatch
+    from metaexp.samplers import TaskBatch
+
     g = torch.Generator().manual_seed(0)
-    batch = TaskBatch(torch.rand(2, 3, 1, 28, 28, generator=g), torch.arange(3).expand(2, 3),
-                      torch.rand(2, 6, 1, 28, 28, generator=g), torch.arange(3).repeat(2).expand(2, 6))
+    batch = TaskBatch(
+        torch.rand(2, 3, 1, 28, 28, generator=g),
+        torch.arange(3).expand(2, 3),
+        torch.rand(2, 6, 1, 28, 28, generator=g),
+        torch.arange(3).repeat(2).expand(2, 6),
+    )
     torch.manual_seed(0)
-    for algorithm in (ProtoNet(Conv4(None, hidden=8), CLASSIFICATION, ways=3),
-                      ANIL(Conv4(3, hidden=8), CLASSIFICATION, inner_lr=0.5, inner_steps=2),
-                      Reptile(Conv4(3, hidden=8), CLASSIFICATION, inner_lr=0.1, inner_steps=2)):
+    for algorithm in (
+        ProtoNet(Conv4(None, hidden=8), CLASSIFICATION, ways=3),
+        ANIL(Conv4(3, hidden=8), CLASSIFICATION, inner_lr=0.5, inner_steps=2),
+        Reptile(Conv4(3, hidden=8), CLASSIFICATION, inner_lr=0.1, inner_steps=2),
+    ):
         params = algorithm.init_params()
         losses, _ = algorithm.evaluate(params, batch)
         for task in range(2):

@@ -1,4 +1,5 @@
 """The CLI end to end, in subprocesses, on the embedded sinusoid benchmark with tiny budgets."""
+
 import json
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, TINY, make_layout, only_report
+from conftest import OMNIGLOT, ROOT, TINY, make_layout, only_report
 
 pytestmark = pytest.mark.slow
 FAST = TINY
@@ -36,7 +37,7 @@ def test_help_lists_commands_and_config_groups(cli):
         assert text in train_help.stdout
     job = cli("train", "--cfg", "job", "algorithm=protonet", "dataset=omniglot")
     assert job.returncode == 0 and "metaexp.algorithms.protonet.ProtoNet" in job.stdout
-    assert "metaexp.tasks.EpisodeSampler" in job.stdout and "metaexp.models.conv4.Conv4" in job.stdout
+    assert "metaexp.samplers.EpisodeSampler" in job.stdout and "metaexp.backbones.conv4.Conv4" in job.stdout
     preset = yaml.safe_load(cli("train", "--cfg", "job", "experiment=maml_omniglot_20w1s", "seed=4").stdout)
     assert preset["test"]["inner_steps"] == 5 and preset["seed"] == 4 and preset["algorithm"]["inner_lr"] == 0.1
 
@@ -55,8 +56,13 @@ def test_train_writes_run_directory_and_eval_scores_it(cli, tmp_path):
     assert [r["step"] for r in metrics if r["split"] == "train"] == [1, 2, 3, 4]
     assert "run directory" in result.stdout and str(run) in result.stdout
 
-    scored = cli("eval", f"checkpoint={run / 'checkpoints' / 'best.pt'}", "eval.episodes=50", "sampler.shots=5",
-                 "trainer.device=cpu")
+    scored = cli(
+        "eval",
+        f"checkpoint={run / 'checkpoints' / 'best.pt'}",
+        "eval.episodes=50",
+        "sampler.shots=5",
+        "trainer.device=cpu",
+    )
     assert scored.returncode == 0, scored.stderr
     report = only_report(run)
     assert report["metric"] == "mse" and report["episodes"] == 50 and report["settings"]["sampler"]["shots"] == 5
@@ -80,18 +86,31 @@ def test_resume_ends_with_the_same_parameters(cli, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     a, b = params(straight / "checkpoints/last.pt"), params(second / "checkpoints/last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
     def train_rows(run):
         return [r for r in stable(rows(run)) if r["split"] == "train"]
+
     assert train_rows(second) == train_rows(straight)
 
 
 def test_sigint_saves_last_and_auto_resume_finishes_identically(cli, tmp_path):
     straight, run = tmp_path / "straight", tmp_path / "run"
-    slow = ["trainer.steps=400", "trainer.log_every=1", "trainer.val_every=1000", "trainer.val_tasks=10",
-            "trainer.meta_batch=5", "trainer.device=cpu"]
+    slow = [
+        "trainer.steps=400",
+        "trainer.log_every=1",
+        "trainer.val_every=1000",
+        "trainer.val_tasks=10",
+        "trainer.meta_batch=5",
+        "trainer.device=cpu",
+    ]
     assert cli("train", *slow, f"hydra.run.dir={straight}").returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "metaexp", "train", *slow, f"hydra.run.dir={run}"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metaexp", "train", *slow, f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 120
     while not ((run / "metrics.jsonl").exists() and rows(run)) and time.time() < deadline:
         time.sleep(0.05)
@@ -125,7 +144,7 @@ def test_bad_checkpoints_give_clear_errors(cli, tmp_path):
     run = tmp_path / "run"
     assert cli("train", *FAST, f"hydra.run.dir={run}").returncode == 0
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    state["config"]["backbone"]["_target_"] = "metaexp.models.nowhere.Missing"
+    state["config"]["backbone"]["_target_"] = "metaexp.backbones.nowhere.Missing"
     broken = tmp_path / "broken.pt"
     torch.save(state, broken)
     result = cli("eval", f"checkpoint={broken}")
@@ -136,8 +155,7 @@ def test_nan_loss_stops_without_touching_good_checkpoints(cli, tmp_path):
     run = tmp_path / "run"
     assert cli("train", *FAST, f"hydra.run.dir={run}").returncode == 0
     before = {n: (run / "checkpoints" / n).read_bytes() for n in ("last.pt", "best.pt")}
-    result = cli("train", *FAST, "trainer.steps=12", "optim.lr=1e30", "trainer.resume=auto",
-                 f"hydra.run.dir={run}")
+    result = cli("train", *FAST, "trainer.steps=12", "optim.lr=1e30", "trainer.resume=auto", f"hydra.run.dir={run}")
     assert result.returncode == 2 and "loss became" in result.stdout
     assert before == {n: (run / "checkpoints" / n).read_bytes() for n in ("last.pt", "best.pt")}
 
@@ -153,9 +171,17 @@ def test_mismatched_algorithm_backbone_and_tasks_fail_before_training(cli, tmp_p
     no_head = cli("train", "algorithm=anil", "backbone.out_features=null", *FAST, f"hydra.run.dir={tmp_path / 'a'}")
     assert no_head.returncode == 2 and "has none" in no_head.stdout
     root = make_layout(tmp_path / "omniglot")
-    wrong_ways = cli("train", "algorithm=maml", "dataset=omniglot", f"dataset.root={root}", "dataset.download=false",
-                     "dataset.split_scheme=lake", "sampler.ways=5", "sampler.queries=1", "backbone.out_features=3",
-                     *FAST, f"hydra.run.dir={tmp_path / 'b'}")
+    wrong_ways = cli(
+        "train",
+        "algorithm=maml",
+        *OMNIGLOT,
+        f"dataset.root={root}",
+        "sampler.ways=5",
+        "sampler.queries=1",
+        "backbone.out_features=3",
+        *FAST,
+        f"hydra.run.dir={tmp_path / 'b'}",
+    )
     assert wrong_ways.returncode == 2 and "head has 3 outputs but the tasks need 5" in wrong_ways.stdout
     regression = cli("train", "algorithm=protonet", *FAST, f"hydra.run.dir={tmp_path / 'c'}")
     assert regression.returncode == 2 and "cannot learn mse regression" in regression.stdout

@@ -1,5 +1,6 @@
 """Every config composes, and every preset builds its data set, backbone and algorithm without training
 (lightning-hydra-template's test_configs.py pattern): milliseconds each, and all of them guarded."""
+
 from pathlib import Path
 
 import pytest
@@ -36,8 +37,11 @@ def test_preset_builds_its_data_set_backbone_and_algorithm(preset):
     objective = get_class(cfg.sampler._target_).objective
     algorithm = instantiate(cfg.algorithm, model=model, objective=objective)
     assert isinstance(algorithm, Algorithm) and algorithm.init_params()
-    assert cfg.test.get("source") or cfg.test.get("published") is None or \
-        all(v is None for v in cfg.test.published.values()), "a published figure names its source"
+    assert (
+        cfg.test.get("source")
+        or cfg.test.get("published") is None
+        or all(v is None for v in cfg.test.published.values())
+    ), "a published figure names its source"
 
 
 def test_every_preset_is_listed():
@@ -47,9 +51,11 @@ def test_every_preset_is_listed():
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_algorithm_and_data_set_alone_get_the_published_setting(setting):
     """`algorithm=X dataset=Y` composes exactly as the X_Y 5-way 1-shot preset, less its published figure."""
-    algorithm, dataset = next((a, setting[len(a) + 1:]) for a in
-                              ("anil", "fomaml", "maml", "matchingnet", "metaoptnet", "metasgd", "protonet",
-                               "reptile") if setting.startswith(a + "_"))
+    algorithm, dataset = next(
+        (a, setting[len(a) + 1 :])
+        for a in ("anil", "fomaml", "maml", "matchingnet", "metaoptnet", "metasgd", "protonet", "reptile")
+        if setting.startswith(a + "_")
+    )
     preset = f"{algorithm}_{dataset.replace('_', '')}_5w1s"
     plain = OmegaConf.to_container(composed(f"algorithm={algorithm}", f"dataset={dataset}"))
     paper = OmegaConf.to_container(composed(f"experiment={preset}"))
@@ -69,3 +75,26 @@ def test_every_option_of_every_group_composes(group):
     for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
         extra = ["dataset.root=/data"] if group == "dataset" and option == "image_folder" else []
         assert composed(f"{group}={option}", *extra)[group] is not None
+
+
+def test_configs_of_earlier_checkpoints_are_upgraded():
+    from metaexp.checkpoint import upgraded
+
+    old = {
+        "backbone": {"_target_": "metaexp.models.conv4.Conv4"},
+        "dataset": {"_target_": "metaexp.data.omniglot.Omniglot"},
+        "sampler": {"_target_": "metaexp.tasks.EpisodeSampler"},
+        "algorithm": {"_target_": "metaexp.algorithms.maml.MAML", "eval_inner_steps": None},
+        "test": {"inner_steps": 3},
+    }
+    new = upgraded(old)
+    assert new["backbone"]["_target_"] == "metaexp.backbones.conv4.Conv4"
+    assert new["dataset"]["_target_"] == "metaexp.datasets.omniglot.Omniglot"
+    assert new["sampler"]["_target_"] == "metaexp.samplers.EpisodeSampler"
+    assert OmegaConf.create(new).algorithm.eval_inner_steps == 3
+    current = OmegaConf.to_container(composed("experiment=maml_omniglot_5w1s"))
+    assert upgraded(current) == current
+    for name in PRESETS:  # every shipped class is importable at its new path
+        cfg = composed(f"experiment={name}")
+        for group in ("dataset", "sampler", "backbone", "algorithm"):
+            get_class(cfg[group]._target_)

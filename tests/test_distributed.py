@@ -1,6 +1,7 @@
 """torchrun with 2 gloo processes: after k steps the weights equal one process's on the same total
 meta-batch and the same tasks (each rank's tasks come from its rank-derived generator), for an even split and
 an uneven one (5 tasks: 3 + 2, averaged with weights)."""
+
 import subprocess
 import sys
 
@@ -11,10 +12,16 @@ from hydra import compose, initialize_config_dir
 from conftest import ROOT
 from metaexp.components import build, build_algorithm, build_sampler
 from metaexp.engine import MetaStep
-from metaexp.tasks import TaskBatch, task_generator
+from metaexp.samplers import TaskBatch, task_generator
 
-OVERRIDES = ["trainer.steps=3", "trainer.log_every=1", "trainer.val_every=3", "trainer.val_tasks=5",
-             "trainer.device=cpu", "seed=3"]
+OVERRIDES = [
+    "trainer.steps=3",
+    "trainer.log_every=1",
+    "trainer.val_every=3",
+    "trainer.val_tasks=5",
+    "trainer.device=cpu",
+    "seed=3",
+]
 WORLD = 2
 
 
@@ -40,10 +47,25 @@ def single_process_weights(meta_batch, steps=None):
 @pytest.mark.parametrize("meta_batch", [4, 5])
 def test_two_gloo_ranks_equal_one_process(tmp_path, meta_batch):
     run = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-                             "-m", "metaexp", "train", *OVERRIDES, f"trainer.meta_batch={meta_batch}",
-                             f"hydra.run.dir={run}"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={WORLD}",
+            "-m",
+            "metaexp",
+            "train",
+            *OVERRIDES,
+            f"trainer.meta_batch={meta_batch}",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 3 and len(state["generator"]) == WORLD

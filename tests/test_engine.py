@@ -1,15 +1,16 @@
 """The meta-step engine: compiled and bf16 steps agree with the eager fp32 step; bad settings are refused."""
+
 import pytest
 import torch
 
 from metaexp.algorithms.maml import MAML
-from metaexp.data.sinusoid import Sinusoid
+from metaexp.datasets.sinusoid import Sinusoid
 from metaexp.engine import MetaStep, task_chunk_size
 from metaexp.errors import MetaexpError
-from metaexp.models.conv4 import Conv4
-from metaexp.models.mlp import MLP
+from metaexp.backbones.conv4 import Conv4
+from metaexp.backbones.mlp import MLP
 from metaexp.objectives import CLASSIFICATION, REGRESSION
-from metaexp.tasks import RegressionSampler, TaskBatch
+from metaexp.samplers import RegressionSampler, TaskBatch
 
 
 def run_steps(steps=3, **engine):
@@ -42,8 +43,12 @@ def test_task_chunks_give_the_same_meta_gradient():
     algorithm = MAML(Conv4(5, hidden=8), CLASSIFICATION, inner_lr=0.4)
     params = {k: v.requires_grad_() for k, v in algorithm.init_params().items()}
     g = torch.Generator().manual_seed(0)
-    batch = TaskBatch(torch.rand(6, 5, 1, 28, 28, generator=g), torch.arange(5).expand(6, 5),
-                      torch.rand(6, 10, 1, 28, 28, generator=g), torch.arange(5).repeat(2).expand(6, 10))
+    batch = TaskBatch(
+        torch.rand(6, 5, 1, 28, 28, generator=g),
+        torch.arange(5).expand(6, 5),
+        torch.rand(6, 10, 1, 28, 28, generator=g),
+        torch.arange(5).repeat(2).expand(6, 10),
+    )
     grads = []
     for chunk in (None, 4):
         objective, _, _ = algorithm.meta_loss(params, batch, step=0, chunk=chunk)
@@ -65,7 +70,8 @@ def test_refused_settings():
 
 def test_confidence_interval_is_196_standard_errors():
     from metaexp.evaluate import mean_ci95
+
     values = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0])
     mean, ci = mean_ci95(values)
     assert mean == pytest.approx(0.6)
-    assert ci == pytest.approx(1.96 * values.double().std().item() / 5 ** 0.5)
+    assert ci == pytest.approx(1.96 * values.double().std().item() / 5**0.5)

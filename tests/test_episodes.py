@@ -1,17 +1,26 @@
 """Fixed episode sets through `metaexp eval`: saved episodes replay exactly; episodes named by image path go
 through the checkpoint's preprocessing and score the same as the same images named by dataset row."""
+
 import json
 import shutil
 
 import pytest
 
 
-from conftest import TINY, make_layout, run_cli
+from conftest import OMNIGLOT, TINY, make_layout, run_cli
 
 pytestmark = pytest.mark.slow
-PROTONET = ["algorithm=protonet", "dataset=omniglot", "dataset.split_scheme=lake", "dataset.download=false",
-            "sampler.ways=3", "sampler.shots=1", "sampler.queries=2", "test.sampler.ways=3", "test.sampler.queries=2",
-            "backbone.hidden=8", *TINY]
+PROTONET = [
+    "algorithm=protonet",
+    *OMNIGLOT,
+    "sampler.ways=3",
+    "sampler.shots=1",
+    "sampler.queries=2",
+    "test.sampler.ways=3",
+    "test.sampler.queries=2",
+    "backbone.hidden=8",
+    *TINY,
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +42,9 @@ def evaluate(cli, checkpoint, output, *extra):
 def test_saved_episodes_replay_identically(cli, trained, tmp_path):
     _, _, checkpoint = trained
     episodes = tmp_path / "episodes.json"
-    sampled = evaluate(cli, checkpoint, tmp_path / "a.json", "eval.episodes=12", "eval.meta_batch=5",
-                       f"eval.save_episodes={episodes}")
+    sampled = evaluate(
+        cli, checkpoint, tmp_path / "a.json", "eval.episodes=12", "eval.meta_batch=5", f"eval.save_episodes={episodes}"
+    )
     document = json.loads(episodes.read_text())
     assert document["format"] == "metaexp-episodes/1" and len(document["episodes"]) == 12
     first = document["episodes"][0]
@@ -47,8 +57,9 @@ def test_saved_episodes_replay_identically(cli, trained, tmp_path):
 
 def test_episodes_by_path_match_episodes_by_row(cli, trained, tmp_path):
     _, root, checkpoint = trained
-    characters = [root / "images_evaluation" / "Angelic" / f"character0{c}" for c in (1, 2)] + \
-                 [root / "images_evaluation" / "Tengwar" / "character01"]
+    characters = [root / "images_evaluation" / "Angelic" / f"character0{c}" for c in (1, 2)] + [
+        root / "images_evaluation" / "Tengwar" / "character01"
+    ]
     rows = {0: 0, 1: 4, 2: 8}
     images = tmp_path / "images"
     by_path, by_row = {"support": [], "query": []}, {"support": [], "query": []}
@@ -84,12 +95,19 @@ def test_malformed_episodes_name_the_problem(cli, trained, tmp_path):
         "empty.json": ([{"support": [], "query": [[1, 0]]}], "needs non-empty `support` and `query`"),
         "float.json": ([{"support": [[0, 0.0], [4, 1.0]], "query": [[1, 0.0]]}], "the label 0.0 of [0, 0.0]"),
         "gap.json": ([{"support": [[0, 7]], "query": [[1, 0]]}], "support has [7], query has [0]"),
-        "unsupported.json": ([{"support": [[0, 0], [4, 1]], "query": [[1, 0], [8, 2]]}],
-                             "at least one support example each"),
-        "mixed.json": ([{"support": [[0, 0], [4, 1]], "query": [[1, 0]]},
-                        {"support": [[0, 0], [4, 1], [8, 2]], "query": [[1, 0]]}], "mixes episodes of [2, 3]"),
+        "unsupported.json": (
+            [{"support": [[0, 0], [4, 1]], "query": [[1, 0], [8, 2]]}],
+            "at least one support example each",
+        ),
+        "mixed.json": (
+            [
+                {"support": [[0, 0], [4, 1]], "query": [[1, 0]]},
+                {"support": [[0, 0], [4, 1], [8, 2]], "query": [[1, 0]]},
+            ],
+            "mixes episodes of [2, 3]",
+        ),
         "none.json": ([], "lists no episodes"),
-        "row.json": ([{"support": [[10 ** 6, 0]], "query": [[1, 0]]}], "is outside the split"),
+        "row.json": ([{"support": [[10**6, 0]], "query": [[1, 0]]}], "is outside the split"),
     }
     for name, (episodes, expected) in cases.items():
         (tmp_path / name).write_text(json.dumps({"format": "metaexp-episodes/1", "episodes": episodes}))

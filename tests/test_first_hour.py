@@ -1,5 +1,6 @@
 """What a researcher meets in the first hour: the headline command's setting, own backbones with native
 batch norm, rotations only where they are classes, installable ranges, version and machine records."""
+
 import json
 import tomllib
 
@@ -7,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ROOT, make_layout
+from conftest import OMNIGLOT, ROOT, make_layout
 from metaexp.algorithms.maml import MAML
 from metaexp.algorithms.protonet import ProtoNet
-from metaexp.data.store import from_classes
+from metaexp.datasets.store import from_classes
 from metaexp.errors import MetaexpError
 from metaexp.logs import rate
 from metaexp.objectives import CLASSIFICATION
-from metaexp.tasks import EpisodeSampler
+from metaexp.samplers import EpisodeSampler
 
 
 class OwnBackbone(nn.Module):
@@ -22,20 +23,22 @@ class OwnBackbone(nn.Module):
 
     def __init__(self, track_running_stats):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, track_running_stats=track_running_stats),
-                                      nn.Flatten())
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, track_running_stats=track_running_stats), nn.Flatten()
+        )
         self.head = nn.Linear(4 * 26 * 26, 5)
 
 
 @pytest.mark.parametrize("track", [True, False])
 def test_native_batch_norm_is_refused_with_the_replacement_named(track):
     for algorithm in (lambda m: MAML(m, CLASSIFICATION), lambda m: ProtoNet(m, CLASSIFICATION, ways=5)):
-        with pytest.raises(MetaexpError, match=r"features\.1.*metaexp\.models\.layers\.BatchNorm"):
+        with pytest.raises(MetaexpError, match=r"features\.1.*metaexp\.backbones\.layers\.BatchNorm"):
             algorithm(OwnBackbone(track))
 
 
 def test_rotations_are_classes_for_omniglot_only(tmp_path):
-    from metaexp.data.omniglot import Omniglot
+    from metaexp.datasets.omniglot import Omniglot
+
     images = [torch.zeros(4, 3, 8, 8, dtype=torch.uint8) for _ in range(10)]
     natural = EpisodeSampler(from_classes(images, [str(c) for c in range(10)]), ways=5, shots=1, queries=1)
     assert not natural.rotations and natural.num_classes == 10
@@ -49,9 +52,18 @@ def test_rotations_are_classes_for_omniglot_only(tmp_path):
 @pytest.mark.slow
 def test_headline_command_says_what_it_trains(cli, tmp_path):
     root = make_layout(tmp_path / "omniglot")
-    result = cli("train", "algorithm=maml", "dataset=omniglot", f"dataset.root={root}", "dataset.download=false",
-                 "dataset.split_scheme=lake", "trainer.steps=2", "trainer.val_every=2", "trainer.val_tasks=4",
-                 "trainer.meta_batch=4", "backbone.hidden=8", f"hydra.run.dir={tmp_path / 'run'}")
+    result = cli(
+        "train",
+        "algorithm=maml",
+        *OMNIGLOT,
+        f"dataset.root={root}",
+        "trainer.steps=2",
+        "trainer.val_every=2",
+        "trainer.val_tasks=4",
+        "trainer.meta_batch=4",
+        "backbone.hidden=8",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     line = "training MAML on Omniglot: 5-way 1-shot, 1 queries per class, inner rate 0.4 x 1 steps, meta-batch 4"
     assert line in " ".join(result.stdout.split()) and line in (tmp_path / "run" / "train.log").read_text()

@@ -1,4 +1,5 @@
 """mini-ImageNet, CIFAR-FS, FC100 and image-folder loaders on fixtures in their exact on-disk formats."""
+
 import csv
 import pickle
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metaexp.data.images import CIFAR_FS, FC100, CIFAR100Splits, ImageFolder, MiniImageNet
+from metaexp.datasets.images import CIFAR_FS, FC100, CIFAR100Splits, ImageFolder, MiniImageNet
 from metaexp.errors import MetaexpError
 
 

@@ -1,4 +1,5 @@
 """The Omniglot loader on a small fixture in the official layout (folders and zips), and on the real data."""
+
 import zipfile
 from pathlib import Path
 
@@ -6,9 +7,8 @@ import pytest
 import torch
 
 from conftest import ALPHABETS, make_layout, only_report
-from metaexp.data.omniglot import Omniglot
+from metaexp.datasets.omniglot import Omniglot
 from metaexp.errors import MetaexpError
-
 
 
 def zip_layout(folders: Path, target: Path) -> Path:
@@ -94,8 +94,10 @@ def test_vinyals_split_matches_the_published_class_lists(omniglot_root, tmp_path
         (root / name).symlink_to(omniglot_root / name)
     data = Omniglot(root, download=False)
     for split in ("train", "val", "test"):
-        published = {line.rsplit("/", 1)[0] for line in (omniglot_root / "splits" / "vinyals" / f"{split}.txt")
-                     .read_text().split()}
+        published = {
+            line.rsplit("/", 1)[0]
+            for line in (omniglot_root / "splits" / "vinyals" / f"{split}.txt").read_text().split()
+        }
         ours = data.split(split)
         assert {n.split("/", 1)[1] for n in ours.class_names} == published
         assert len(ours.images) == 20 * len(published)
@@ -104,10 +106,21 @@ def test_vinyals_split_matches_the_published_class_lists(omniglot_root, tmp_path
 @pytest.mark.slow
 def test_protonet_trains_and_evaluates_on_real_omniglot(omniglot_root, cli, tmp_path):
     run = tmp_path / "run"
-    trained = cli("train", "algorithm=protonet", "dataset=omniglot", f"dataset.root={omniglot_root}",
-                  "dataset.download=false", "trainer.steps=30", "trainer.meta_batch=2", "trainer.log_every=10",
-                  "trainer.val_every=30", "trainer.val_tasks=20", "trainer.device=cpu", f"hydra.run.dir={run}",
-                  timeout=600)
+    trained = cli(
+        "train",
+        "algorithm=protonet",
+        "dataset=omniglot",
+        f"dataset.root={omniglot_root}",
+        "dataset.download=false",
+        "trainer.steps=30",
+        "trainer.meta_batch=2",
+        "trainer.log_every=10",
+        "trainer.val_every=30",
+        "trainer.val_tasks=20",
+        "trainer.device=cpu",
+        f"hydra.run.dir={run}",
+        timeout=600,
+    )
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
     scored = cli("eval", f"checkpoint={run / 'checkpoints' / 'last.pt'}", "eval.episodes=100", "trainer.device=cpu")
     report = only_report(run)
@@ -116,14 +129,16 @@ def test_protonet_trains_and_evaluates_on_real_omniglot(omniglot_root, cli, tmp_
 
 
 def test_failed_download_leaves_no_folders_behind(tmp_path):
-    from metaexp.data.store import try_download
+    from metaexp.datasets.store import try_download
 
     def fails_half_way(root):
         def download():
             (root / "omniglot-py" / "images_background").mkdir(parents=True)
             (root / "omniglot-py" / "partial.zip").write_bytes(b"half")
             raise RuntimeError("File not found or corrupted.")
+
         return download
+
     fresh = tmp_path / "new" / "omniglot"
     try_download(fails_half_way(fresh), fresh, "Omniglot")
     assert not (tmp_path / "new").exists(), "the folders it created are gone"

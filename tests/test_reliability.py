@@ -1,5 +1,6 @@
 """No result lost, none misreported: the CLI in subprocesses under kill -9, two writers, reused directories,
 changed configs on resume, sweeps stopped by a signal, and every bad value a tired researcher types."""
+
 import hashlib
 import json
 import os
@@ -14,20 +15,31 @@ import time
 import pytest
 import torch
 
-from conftest import TINY, make_layout, run_cli
+from conftest import OMNIGLOT, TINY, make_layout, run_cli
 
 pytestmark = pytest.mark.slow
 
 QUICK = TINY
 # Long enough (a few seconds) that signals and kills land mid-training; frequent saves make mid-save kills likely.
-LONG = ["trainer.steps=2500", "trainer.log_every=25", "trainer.val_every=50", "trainer.val_tasks=10",
-        "trainer.meta_batch=5", "trainer.device=cpu"]
+LONG = [
+    "trainer.steps=2500",
+    "trainer.log_every=25",
+    "trainer.val_every=50",
+    "trainer.val_tasks=10",
+    "trainer.meta_batch=5",
+    "trainer.device=cpu",
+]
 
 
 def start(*args, cwd):
-    return subprocess.Popen([sys.executable, "-m", "metaexp", *map(str, args)], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HYDRA_FULL_ERROR": "0", "COLUMNS": "200"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "metaexp", *map(str, args)],
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0", "COLUMNS": "200"},
+    )
 
 
 def wait_for_rows(run, count=1, timeout=120):
@@ -54,8 +66,11 @@ def same_weights(a, b):
 
 def snapshot(directory):
     """Every file under `directory` with its content hash (hidden ones too)."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def one_paragraph(result):
@@ -91,8 +106,7 @@ def test_kill_9_at_random_moments_then_resume_matches_a_straight_run(tmp_path):
     steps = [(r["step"], r["split"]) for r in rows(run)]
     assert len(steps) == len(set(steps)), "each (step, split) once"
     stable = [{k: v for k, v in r.items() if k not in ("tasks_per_sec", "elapsed_s")} for r in rows(run)]
-    assert stable == [{k: v for k, v in r.items() if k not in ("tasks_per_sec", "elapsed_s")}
-                      for r in rows(straight)]
+    assert stable == [{k: v for k, v in r.items() if k not in ("tasks_per_sec", "elapsed_s")} for r in rows(straight)]
     assert not list((run / "checkpoints").glob("*.tmp")), "no stale temporary files"
 
 
@@ -123,15 +137,28 @@ def test_fresh_run_into_a_used_directory_is_refused_and_nothing_changes(tmp_path
 
 def test_resume_with_a_changed_learning_rate_takes_it(tmp_path):
     run = tmp_path / "run"
-    assert run_cli("train", *QUICK, "scheduler=step", "scheduler.step_size=2", f"hydra.run.dir={run}",
-                   cwd=tmp_path).returncode == 0
-    resumed = run_cli("train", *QUICK, "scheduler=step", "scheduler.step_size=2", "trainer.steps=10",
-                      "optim.lr=0.0005", "trainer.resume=auto", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert (
+        run_cli(
+            "train", *QUICK, "scheduler=step", "scheduler.step_size=2", f"hydra.run.dir={run}", cwd=tmp_path
+        ).returncode
+        == 0
+    )
+    resumed = run_cli(
+        "train",
+        *QUICK,
+        "scheduler=step",
+        "scheduler.step_size=2",
+        "trainer.steps=10",
+        "optim.lr=0.0005",
+        "trainer.resume=auto",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:]
     state = torch.load(run / "checkpoints/last.pt", weights_only=True)
     assert state["step"] == 10
     # StepLR halves every 2 steps: after 10 steps the rate is 0.0005 * 0.5 ** 5, from the new base rate.
-    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0005 * 0.5 ** 5, rel=1e-12)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0005 * 0.5**5, rel=1e-12)
     log = (run / "train.log").read_text()
     assert "resume applies a changed setting: optim.lr 0.001 -> 0.0005" in log
 
@@ -140,8 +167,11 @@ def test_resume_with_a_changed_backbone_or_seed_is_refused_before_anything_is_wr
     run = tmp_path / "run"
     assert run_cli("train", *QUICK, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
     before = snapshot(run)
-    for change, named in (("backbone.hidden=[20,20]", "backbone.hidden: [40, 40] -> [20, 20]"),
-                          ("seed=7", "seed: 0 -> 7"), ("algorithm=metasgd", "algorithm._target_")):
+    for change, named in (
+        ("backbone.hidden=[20,20]", "backbone.hidden: [40, 40] -> [20, 20]"),
+        ("seed=7", "seed: 0 -> 7"),
+        ("algorithm=metasgd", "algorithm._target_"),
+    ):
         result = run_cli("train", *QUICK, change, "trainer.resume=auto", f"hydra.run.dir={run}", cwd=tmp_path)
         assert result.returncode == 2 and "Cannot resume" in result.stdout and named in result.stdout, result.stdout
         assert refused_at_once(result)
@@ -162,8 +192,7 @@ def test_a_non_finite_validation_value_is_never_saved_as_best(tmp_path):
 
 def test_divergence_before_any_checkpoint_does_not_promise_one(tmp_path):
     run = tmp_path / "run"
-    result = run_cli("train", *QUICK, "optim.lr=1e30", "trainer.val_every=1000", f"hydra.run.dir={run}",
-                     cwd=tmp_path)
+    result = run_cli("train", *QUICK, "optim.lr=1e30", "trainer.val_every=1000", f"hydra.run.dir={run}", cwd=tmp_path)
     assert result.returncode == 2 and "No checkpoint was written" in result.stdout, result.stdout
     assert not (run / "checkpoints").exists() and one_paragraph(result)
     again = run_cli("train", *QUICK, "trainer.resume=auto", f"hydra.run.dir={run}", cwd=tmp_path)
@@ -184,7 +213,7 @@ def test_one_sigint_stops_a_sweep_and_its_resume_command_finishes_it_cleanly(tmp
     assert "Traceback" not in output and "failed" not in output
     sweep = next((tmp_path / "outputs" / "multirun").glob("*/*"))
     assert (sweep / "0" / "checkpoints" / "last.pt").is_file() and not (sweep / "1").exists()
-    command = output[output.index("Continue the whole sweep with: ") + len("Continue the whole sweep with: "):]
+    command = output[output.index("Continue the whole sweep with: ") + len("Continue the whole sweep with: ") :]
     args = shlex.split(command.splitlines()[0])
     assert args[:2] == ["metaexp", "train"] and f"hydra.sweep.dir={sweep}" in args
     resumed = run_cli(*args[1:], cwd=tmp_path, timeout=600)
@@ -201,8 +230,16 @@ def test_a_finished_resume_clears_an_old_failure_record(tmp_path):
     assert failed.returncode == 1 and "1 job(s) of the sweep failed" in failed.stdout
     sweep = next((tmp_path / "outputs" / "multirun").glob("*/*"))
     assert (sweep / "1" / "error.txt").is_file()
-    fixed = run_cli("train", "-m", "optim.lr=0.001,0.002", *QUICK, "trainer.val_every=1000", "trainer.resume=auto",
-                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    fixed = run_cli(
+        "train",
+        "-m",
+        "optim.lr=0.001,0.002",
+        *QUICK,
+        "trainer.val_every=1000",
+        "trainer.resume=auto",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert fixed.returncode == 0, fixed.stdout[-2000:]
     assert not list(sweep.glob("*/error.txt"))
 
@@ -233,11 +270,28 @@ def test_a_full_disk_leaves_the_checkpoints_intact_and_says_so(tmp_path):
 
     def small_files():  # writes past 200 kB fail with EFBIG, as a full disk fails them with ENOSPC
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
-    result = subprocess.run([sys.executable, "-m", "metaexp", "train", *QUICK, *wide, "trainer.steps=12",
-                             "trainer.resume=auto", f"hydra.run.dir={run}"], cwd=tmp_path, capture_output=True,
-                            text=True, preexec_fn=small_files, env={**os.environ, "COLUMNS": "200"})
-    assert result.returncode == 2 and "Could not write" in result.stdout and "is unchanged" in result.stdout, \
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "metaexp",
+            "train",
+            *QUICK,
+            *wide,
+            "trainer.steps=12",
+            "trainer.resume=auto",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert result.returncode == 2 and "Could not write" in result.stdout and "is unchanged" in result.stdout, (
         result.stdout + result.stderr
+    )
     assert one_paragraph(result)
     assert before == {n: (run / "checkpoints" / n).read_bytes() for n in ("last.pt", "best.pt")}
     assert not list((run / "checkpoints").glob("*.tmp"))
@@ -255,12 +309,13 @@ def used(tmp_path_factory):
         for i in range(4):
             torch.manual_seed(c * 10 + i)
             from PIL import Image
+
             Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy()).save(folder / f"class{c}" / f"{i}.png")
     (base / "afile").write_text("")
     return {"base": base, "run": run, "omniglot": make_layout(base / "omniglot"), "folder": folder}
 
 
-OMNIGLOT = ["dataset=omniglot", "dataset.download=false", "dataset.split_scheme=lake", "sampler.queries=1"]
+OMNIGLOT_1Q = [*OMNIGLOT, "sampler.queries=1"]
 # (arguments, words the paragraph must contain); {run}, {omniglot}, {folder}, {afile} are filled in.
 TRAIN_CASES = [
     (["trainer.steps=abc"], "trainer.steps='abc' is not valid"),
@@ -273,9 +328,17 @@ TRAIN_CASES = [
     (["trainer.device=gpu"], "trainer.device='gpu' is not a device"),
     (["sampler.shots=-1"], "sampler.shots=-1 is not valid"),
     (["sampler.queries=0"], "sampler.queries=0 is not valid"),
-    (["algorithm=protonet", *OMNIGLOT, "dataset.root={omniglot}", "sampler.ways=0"], "sampler.ways=0 is not valid"),
-    (["dataset=image_folder", "dataset.root={folder}", "dataset.image_size=32", "sampler.ways=2",
-      "sampler.queries=1"], "The val split of {folder} has no classes"),
+    (["algorithm=protonet", *OMNIGLOT_1Q, "dataset.root={omniglot}", "sampler.ways=0"], "sampler.ways=0 is not valid"),
+    (
+        [
+            "dataset=image_folder",
+            "dataset.root={folder}",
+            "dataset.image_size=32",
+            "sampler.ways=2",
+            "sampler.queries=1",
+        ],
+        "The val split of {folder} has no classes",
+    ),
 ]
 EVAL_CASES = [
     ([], "needs a checkpoint"),
@@ -288,16 +351,21 @@ EVAL_CASES = [
 
 
 def fill(args, used):
-    names = {"run": used["run"], "omniglot": used["omniglot"], "folder": used["folder"],
-             "afile": used["base"] / "afile"}
+    names = {
+        "run": used["run"],
+        "omniglot": used["omniglot"],
+        "folder": used["folder"],
+        "afile": used["base"] / "afile",
+    }
     return [a.format(**names) for a in args]
 
 
 @pytest.mark.parametrize("args, expected", TRAIN_CASES, ids=[" ".join(a[-1:]) for a, _ in TRAIN_CASES])
 def test_bad_training_value_is_one_paragraph_and_changes_nothing(used, args, expected):
     before = snapshot(used["run"])
-    result = run_cli("train", *QUICK, *fill(args, used), "trainer.resume=auto", f"hydra.run.dir={used['run']}",
-                     cwd=used["base"])
+    result = run_cli(
+        "train", *QUICK, *fill(args, used), "trainer.resume=auto", f"hydra.run.dir={used['run']}", cwd=used["base"]
+    )
     assert result.returncode == 2 and fill([expected], used)[0] in result.stdout, result.stdout + result.stderr
     assert one_paragraph(result), result.stdout + result.stderr  # after a data set's loading line, if any
     assert snapshot(used["run"]) == before
@@ -321,17 +389,25 @@ def test_unwritable_output_location_is_one_paragraph(used):
 
 def test_eval_follows_moved_data_with_dataset_root(used, tmp_path):
     run = used["base"] / "omniglot_run"
-    args = ["algorithm=protonet", *OMNIGLOT, "sampler.ways=3", "test.sampler.queries=1", "backbone.hidden=8", *QUICK]
-    assert run_cli("train", *args, f"dataset.root={used['omniglot']}", f"hydra.run.dir={run}",
-                   cwd=used["base"]).returncode == 0
+    args = ["algorithm=protonet", *OMNIGLOT_1Q, "sampler.ways=3", "test.sampler.queries=1", "backbone.hidden=8", *QUICK]
+    assert (
+        run_cli("train", *args, f"dataset.root={used['omniglot']}", f"hydra.run.dir={run}", cwd=used["base"]).returncode
+        == 0
+    )
     moved = tmp_path / "moved"
     used["omniglot"].rename(moved)
     try:
         lost = run_cli("eval", f"checkpoint={run}", "eval.episodes=4", "trainer.device=cpu", cwd=used["base"])
         assert lost.returncode == 2 and "dataset.root" in lost.stdout and one_paragraph(lost)
         assert not used["omniglot"].exists(), "a failed look-up creates no folders under the old path"
-        found = run_cli("eval", f"checkpoint={run}", "eval.episodes=4", "trainer.device=cpu", f"dataset.root={moved}",
-                        cwd=used["base"])
+        found = run_cli(
+            "eval",
+            f"checkpoint={run}",
+            "eval.episodes=4",
+            "trainer.device=cpu",
+            f"dataset.root={moved}",
+            cwd=used["base"],
+        )
         assert found.returncode == 0, found.stdout[-2000:]
     finally:
         moved.rename(used["omniglot"])
@@ -340,24 +416,31 @@ def test_eval_follows_moved_data_with_dataset_root(used, tmp_path):
 def test_evaluations_in_different_settings_are_all_kept(used):
     run = used["base"] / "kept"
     assert run_cli("train", *QUICK, f"hydra.run.dir={run}", cwd=used["base"]).returncode == 0
-    for extra in (["sampler.shots=5"], ["sampler.shots=10"], ["sampler.shots=5", "eval.inner_steps=3"]):
-        result = run_cli("eval", f"checkpoint={run}", "eval.episodes=20", "trainer.device=cpu", *extra,
-                         cwd=used["base"])
+    for extra in (["sampler.shots=5"], ["sampler.shots=10"], ["sampler.shots=5", "test.inner_steps=3"]):
+        result = run_cli(
+            "eval", f"checkpoint={run}", "eval.episodes=20", "trainer.device=cpu", *extra, cwd=used["base"]
+        )
         assert result.returncode == 0, result.stdout[-2000:]
     names = sorted(p.name for p in run.glob("eval-*.json"))
-    assert names == ["eval-test-10shot10q-1steps-20ep.json", "eval-test-5shot10q-1steps-20ep.json",
-                     "eval-test-5shot10q-3steps-20ep.json"]
+    assert names == [
+        "eval-test-10shot10q-1steps-20ep.json",
+        "eval-test-5shot10q-1steps-20ep.json",
+        "eval-test-5shot10q-3steps-20ep.json",
+    ]
 
 
 def test_summarize_lists_malformed_runs_and_summarises_the_rest(used, tmp_path):
     import shutil
+
     good = tmp_path / "good"
     shutil.copytree(used["run"], good)
-    broken = {"row": lambda r: (r / "metrics.jsonl").write_text('[1, 2]\n'),
-              "nosplit": lambda r: (r / "metrics.jsonl").write_text('{"step": 1}\n'),
-              "emptyconfig": lambda r: (r / ".hydra" / "config.yaml").write_text(""),
-              "badyaml": lambda r: (r / ".hydra" / "config.yaml").write_text("a: [\n"),
-              "badeval": lambda r: (r / "eval-test-x.json").write_text("{")}
+    broken = {
+        "row": lambda r: (r / "metrics.jsonl").write_text("[1, 2]\n"),
+        "nosplit": lambda r: (r / "metrics.jsonl").write_text('{"step": 1}\n'),
+        "emptyconfig": lambda r: (r / ".hydra" / "config.yaml").write_text(""),
+        "badyaml": lambda r: (r / ".hydra" / "config.yaml").write_text("a: [\n"),
+        "badeval": lambda r: (r / "eval-test-x.json").write_text("{"),
+    }
     for name, damage in broken.items():
         shutil.copytree(used["run"], tmp_path / name)
         damage(tmp_path / name)

@@ -1,4 +1,5 @@
 """Sweeps on the real Hydra launchers and sweeper, loggers, and `metaexp summarize` over their runs."""
+
 import csv
 import io
 import json
@@ -16,8 +17,16 @@ def sweep_dir(base):
 
 
 def test_joblib_grid_then_summarize_by_run_and_config_with_plot(cli, tmp_path):
-    result = cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "algorithm=maml,metasgd",
-                 "seed=0,1", *TINY, timeout=600)
+    result = cli(
+        "train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "algorithm=maml,metasgd",
+        "seed=0,1",
+        *TINY,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     runs = sweep_dir(tmp_path)
     assert sorted(p.name for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["0", "1", "2", "3"]
@@ -46,8 +55,14 @@ def test_optuna_sweeper_minimises_the_returned_validation_metric(cli, tmp_path):
     runs = sweep_dir(tmp_path)
     best = yaml.safe_load((runs / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"algorithm.inner_lr", "optim.lr"}
-    best_vals = [min(json.loads(line)["mse"] for line in (runs / job / "metrics.jsonl").read_text().splitlines()
-                     if json.loads(line)["split"] == "val") for job in ("0", "1", "2")]
+    best_vals = [
+        min(
+            json.loads(line)["mse"]
+            for line in (runs / job / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["split"] == "val"
+        )
+        for job in ("0", "1", "2")
+    ]
     assert best["best_value"] == pytest.approx(min(best_vals))
 
 
@@ -102,6 +117,7 @@ def test_wandb_logger_writes_an_offline_run(cli, tmp_path):
 
 def test_mlflow_logger_records_the_metrics(cli, tmp_path):
     import mlflow
+
     run = tmp_path / "outputs" / "run"
     result = cli("train", "logger=mlflow", *TINY, f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -119,13 +135,31 @@ def fake_run(directory, seed, accuracy, steps=(100, 200)):
     (directory / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     overrides = [f"seed={seed}", "dataset.root=/data/x/omniglot"]
     (directory / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    rows = [{"step": s, "split": "train", "loss": 1.0, "accuracy": 0.5, "tasks_per_sec": 10.0 * (i + 1),
-             "elapsed_s": float(s)} for i, s in enumerate(steps)]
-    rows += [{"step": s, "split": "val", "loss": 1.0, "accuracy": accuracy, "tasks_per_sec": None, "elapsed_s": 1.0}
-             for s in steps]
+    rows = [
+        {
+            "step": s,
+            "split": "train",
+            "loss": 1.0,
+            "accuracy": 0.5,
+            "tasks_per_sec": 10.0 * (i + 1),
+            "elapsed_s": float(s),
+        }
+        for i, s in enumerate(steps)
+    ]
+    rows += [
+        {"step": s, "split": "val", "loss": 1.0, "accuracy": accuracy, "tasks_per_sec": None, "elapsed_s": 1.0}
+        for s in steps
+    ]
     (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    report = {"metric": "accuracy", "mean": accuracy, "ci95": 0.01, "episodes": 600, "loss": 1.0, "step": 200,
-              "settings": {"sampler": {"ways": 5, "shots": 1, "queries": 15}}}
+    report = {
+        "metric": "accuracy",
+        "mean": accuracy,
+        "ci95": 0.01,
+        "episodes": 600,
+        "loss": 1.0,
+        "step": 200,
+        "settings": {"sampler": {"ways": 5, "shots": 1, "queries": 15}},
+    }
     (directory / "eval-test-5w1s15q-600ep.json").write_text(json.dumps(report))
 
 
@@ -143,7 +177,7 @@ def test_summarize_gives_numbers_json_and_a_t_interval_over_seeds(cli, tmp_path)
     values = [0.90, 0.92, 0.97]
     mean = sum(values) / 3
     std = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5
-    assert grouped[0]["test_ci95"] == pytest.approx(4.303 * std / 3 ** 0.5)
+    assert grouped[0]["test_ci95"] == pytest.approx(4.303 * std / 3**0.5)
     assert grouped[0]["ci"] == "95% t interval over 3 seeds"
     wide = cli("summarize", str(tmp_path / "runs"), env={"COLUMNS": "80"})
     assert all(len(line) > 80 for line in wide.stdout.splitlines() if "seed=" in line), "rows are not folded"

@@ -1,13 +1,14 @@
 """Episodic and regression samplers: shapes, labels, distinct classes and rows, rotations, determinism."""
+
 import math
 
 import pytest
 import torch
 
-from metaexp.data.sinusoid import Sinusoid
-from metaexp.data.store import from_classes
+from metaexp.datasets.sinusoid import Sinusoid
+from metaexp.datasets.store import from_classes
 from metaexp.errors import MetaexpError
-from metaexp.tasks import EpisodeSampler, RegressionSampler, task_generator
+from metaexp.samplers import EpisodeSampler, RegressionSampler, task_generator
 
 SIZES = [6, 7, 9, 6, 8, 6, 10, 6]
 

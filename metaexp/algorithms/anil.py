@@ -1,6 +1,7 @@
 """ANIL (Raghu et al. 2020): MAML that adapts only the linear head on top of a once-computed embedding."""
+
 from metaexp.algorithms.maml import MAML
-from metaexp.models import embed, head
+from metaexp.backbones import embed, head
 
 
 class ANIL(MAML):

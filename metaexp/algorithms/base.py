@@ -1,4 +1,5 @@
 """What every algorithm shares: its parameters, the vmap over tasks, and the checks against its backbone."""
+
 from functools import partial
 
 import torch
@@ -6,9 +7,9 @@ from torch import nn
 from torch.func import grad, vmap
 
 from metaexp.errors import MetaexpError
-from metaexp.models import embed
+from metaexp.backbones import embed
 from metaexp.objectives import CLASSIFICATION, Objective
-from metaexp.tasks import TaskBatch
+from metaexp.samplers import TaskBatch
 
 
 NATIVE_BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -42,6 +43,8 @@ class Algorithm:
     classification_only = False
     # True where the meta-step changes as training goes (MAML++ schedules): a captured CUDA graph cannot follow.
     changes_during_training = False
+    # Inner steps at evaluation (from test.inner_steps); None for the methods without an inner loop.
+    eval_inner_steps = None
 
     def __init__(self, model: nn.Module, objective: Objective):
         self.model, self.objective = model, objective
@@ -52,12 +55,14 @@ class Algorithm:
                 f"The backbone uses torch's own batch norm ({', '.join(native[:3])}). Under torch.func's vmap its "
                 f"running statistics cannot be updated, and its second-order gradients come out wrong without an "
                 f"error (a 4.5e-3 relative error measured against a per-task loop). Use "
-                f"metaexp.models.layers.BatchNorm(channels) instead: the same normalisation over each task's own "
-                f"batch, written with plain ops, exact under vmap.")
+                f"metaexp.backbones.layers.BatchNorm(channels) instead: the same normalisation over each task's own "
+                f"batch, written with plain ops, exact under vmap."
+            )
         if self.uses_head and not isinstance(model.head, nn.Linear):
             raise MetaexpError(
                 f"{type(self).__name__} adapts the backbone's linear head, but this backbone has none "
-                f"(backbone.out_features=null). Set backbone.out_features, or pick protonet/matchingnet/metaoptnet.")
+                f"(backbone.out_features=null). Set backbone.out_features, or pick protonet/matchingnet/metaoptnet."
+            )
 
     @classmethod
     def check_objective(cls, objective: Objective) -> None:
@@ -66,22 +71,26 @@ class Algorithm:
             raise MetaexpError(
                 f"{cls.__name__} classifies by comparing embeddings and cannot learn {objective.metric} regression "
                 f"tasks. Pick a gradient-based algorithm (maml, metasgd, reptile) for regression, or a "
-                f"classification data set (dataset=omniglot, dataset=image_folder, ...) for {cls.__name__}.")
+                f"classification data set (dataset=omniglot, dataset=image_folder, ...) for {cls.__name__}."
+            )
 
     def init_params(self) -> dict:
         """Meta-parameters: the backbone's weights (less the head if unused), plus the algorithm's own."""
-        return {k: p.detach().clone() for k, p in self.model.named_parameters()
-                if self.uses_head or not k.startswith("head.")}
+        return {
+            k: p.detach().clone()
+            for k, p in self.model.named_parameters()
+            if self.uses_head or not k.startswith("head.")
+        }
 
     def model_params(self, params: dict) -> dict:
         return {k: v for k, v in params.items() if not k.startswith("meta.")}
 
     def meta_loss(self, params: dict, batch: TaskBatch, step: int | None = 0, chunk: int | None = None):
-        """(objective, per-task query losses [B], per-task scores [B]) for a meta-batch, vmapped over the
-        tasks `chunk` at a time (None: all at once)."""
+        """(outer loss to differentiate, per-task query losses [B], per-task scores [B]) for a meta-batch, vmapped
+        over the tasks `chunk` at a time (None: all at once)."""
         task = partial(self.task_loss, step=step)
-        objectives, losses, scores = vmap(task, in_dims=(None, 0, 0, 0, 0), chunk_size=chunk)(params, *batch)
-        return objectives.mean(), losses.detach(), scores.detach()
+        outer_losses, losses, scores = vmap(task, in_dims=(None, 0, 0, 0, 0), chunk_size=chunk)(params, *batch)
+        return outer_losses.mean(), losses.detach(), scores.detach()
 
     def evaluate(self, params: dict, batch: TaskBatch):
         """Per-task query losses and scores after adaptation with the evaluation settings."""
@@ -130,8 +139,9 @@ class EmbeddingAlgorithm(Algorithm):
         # Support and queries pass the backbone together, as in training: batch norm uses their joint statistics.
         def predict(query_x):
             z = embed(self.model, params, torch.cat([support_x, query_x]))
-            support_z, query_z = z[:len(support_x)], z[len(support_x):]
+            support_z, query_z = z[: len(support_x)], z[len(support_x) :]
             return self.logits(params, support_z, one_hot(support_y, self.ways, z.dtype), query_z)
+
         return predict
 
     def logits(self, params, support_z, support_onehot, query_z):

@@ -1,17 +1,27 @@
 """MAML (Finn et al. 2017), FOMAML, and the MAML++ options of Antoniou et al. (2019): per-step learned inner
 rates, multi-step loss, first-to-second-order annealing."""
+
 from functools import partial
 
 import torch
 
 from metaexp.algorithms.base import Algorithm, sgd
-from metaexp.models import predict
+from metaexp.backbones import predict
 
 
 class MAML(Algorithm):
-    def __init__(self, model, objective, inner_lr: float = 0.01, inner_steps: int = 1,
-                 eval_inner_steps: int | None = None, first_order: bool = False, per_step_lrs: bool = False,
-                 multi_step_loss: int = 0, first_order_until: int = 0):
+    def __init__(
+        self,
+        model,
+        objective,
+        inner_lr: float = 0.01,
+        inner_steps: int = 1,
+        eval_inner_steps: int | None = None,
+        first_order: bool = False,
+        per_step_lrs: bool = False,
+        multi_step_loss: int = 0,
+        first_order_until: int = 0,
+    ):
         super().__init__(model, objective)
         self.inner_lr, self.inner_steps = inner_lr, inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
@@ -26,8 +36,12 @@ class MAML(Algorithm):
     def init_params(self) -> dict:
         params = super().init_params()
         if self.per_step_lrs:
-            params.update({f"meta.lr.{k}": torch.full((self.inner_steps,), self.inner_lr, dtype=v.dtype)
-                           for k, v in self.adapted(params).items()})
+            params.update(
+                {
+                    f"meta.lr.{k}": torch.full((self.inner_steps,), self.inner_lr, dtype=v.dtype)
+                    for k, v in self.adapted(params).items()
+                }
+            )
         return params
 
     def adapted(self, params: dict) -> dict:
@@ -45,8 +59,10 @@ class MAML(Algorithm):
 
     def inner_loop(self, params: dict, support_x, support_y, steps: int, first_order: bool = False):
         """The adapted weights after each of `steps` inner steps on the support set."""
+
         def support_loss(fast):
             return self.objective.loss(self.forward(fast, support_x), support_y)
+
         return sgd(support_loss, self.adapted(params), partial(self.inner_rate, params), steps, first_order)
 
     def adapt(self, params: dict, support_x, support_y):
@@ -59,13 +75,13 @@ class MAML(Algorithm):
         first_order = self.first_order or (step is not None and step < self.first_order_until)
         steps = self.inner_steps if step is not None else self.eval_inner_steps
         weights = self.step_weights(step, steps)
-        fast, objective = self.adapted(params), 0.0
+        fast, outer_loss = self.adapted(params), 0.0
         for i, fast in enumerate(self.inner_loop(params, support_x, support_y, steps, first_order)):
             if i < steps - 1 and weights[i]:
-                objective = objective + weights[i] * self.objective.loss(self.forward(fast, query_x), query_y)
+                outer_loss = outer_loss + weights[i] * self.objective.loss(self.forward(fast, query_x), query_y)
         prediction = self.forward(fast, query_x)
         loss = self.objective.loss(prediction, query_y)
-        return objective + weights[-1] * loss, loss, self.objective.score(prediction, query_y)
+        return outer_loss + weights[-1] * loss, loss, self.objective.score(prediction, query_y)
 
     def step_weights(self, step: int | None, steps: int) -> list:
         """Weights of the query loss after each inner step: the last step only, or MAML++'s annealed mix. The

@@ -1,5 +1,6 @@
 """Matching Networks (Vinyals et al. 2016) without full context embeddings: a softmax over cosine
 similarities to the support set, summed per class. Returns log-probabilities, so cross-entropy is their NLL."""
+
 import torch.nn.functional as F
 
 from metaexp.algorithms.base import EmbeddingAlgorithm

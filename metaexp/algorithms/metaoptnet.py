@@ -1,5 +1,6 @@
 """MetaOptNet-RR / R2-D2 (Lee et al. 2019; Bertinetto et al. 2019): a differentiable closed-form ridge
 regression from support embeddings to one-hot labels, solved in the dual, with a learned logit scale."""
+
 import torch
 
 from metaexp.algorithms.base import EmbeddingAlgorithm

@@ -1,4 +1,5 @@
 """Meta-SGD (Li et al. 2017): MAML with a learned inner learning rate for every weight."""
+
 import torch
 
 from metaexp.algorithms.maml import MAML

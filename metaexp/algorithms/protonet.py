@@ -1,4 +1,5 @@
 """Prototypical Networks (Snell et al. 2017): classify queries by squared Euclidean distance to class means."""
+
 from metaexp.algorithms.base import EmbeddingAlgorithm
 
 

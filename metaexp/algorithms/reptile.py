@@ -1,22 +1,26 @@
 """Reptile (Nichol et al. 2018): SGD on each task's support set, then move the weights toward the average
 adapted weights. The objective 0.5 * ||theta - mean(phi)||^2 has exactly that gradient."""
+
 from functools import partial
 
 from metaexp.algorithms.base import Algorithm, sgd
-from metaexp.models import predict
+from metaexp.backbones import predict
 
 
 class Reptile(Algorithm):
-    def __init__(self, model, objective, inner_lr: float = 0.001, inner_steps: int = 5,
-                 eval_inner_steps: int | None = None):
+    def __init__(
+        self, model, objective, inner_lr: float = 0.001, inner_steps: int = 5, eval_inner_steps: int | None = None
+    ):
         super().__init__(model, objective)
         self.inner_lr, self.inner_steps = inner_lr, inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
 
     def adapted_weights(self, params: dict, support_x, support_y, steps: int) -> dict:
         """SGD from the (detached) meta-parameters; Reptile needs no gradient through it."""
+
         def support_loss(fast):
             return self.objective.loss(predict(self.model, fast, support_x), support_y)
+
         fast = {k: v.detach() for k, v in params.items()}
         for fast in sgd(support_loss, fast, lambda name, i: self.inner_lr, steps):
             pass

@@ -1,4 +1,5 @@
 """TaskBatch and the samplers that draw whole meta-batches of tasks with batched tensor ops on the device."""
+
 from typing import NamedTuple
 
 import torch
@@ -19,8 +20,10 @@ class TaskBatch(NamedTuple):
 
     def to(self, device=None, dtype=None) -> "TaskBatch":
         """Move to `device`; cast the floating-point tensors to `dtype`."""
+
         def move(t):
             return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+
         return TaskBatch(*(move(t) for t in self))
 
     def __len__(self) -> int:
@@ -48,15 +51,18 @@ class EpisodeSampler:
 
     objective = CLASSIFICATION
 
-    def __init__(self, data, ways: int = 5, shots: int = 1, queries: int = 15, rotations: bool | None = None,
-                 device="cpu"):
+    def __init__(
+        self, data, ways: int = 5, shots: int = 1, queries: int = 15, rotations: bool | None = None, device="cpu"
+    ):
         at_least_one(ways=ways, shots=shots, queries=queries)
         rotations = data.rotations if rotations is None else rotations
         self.ways, self.shots, self.queries, self.rotations = ways, shots, queries, rotations
         self.device = torch.device(device)
         if len(data.class_offsets) < 2:
-            raise MetaexpError("The split has no classes at all. Check the data set's root and its split settings "
-                               "(for an image folder: dataset.splits or dataset.ratios).")
+            raise MetaexpError(
+                "The split has no classes at all. Check the data set's root and its split settings "
+                "(for an image folder: dataset.splits or dataset.ratios)."
+            )
         self.images = data.images.to(self.device)
         self.offsets = data.class_offsets.to(self.device)
         counts = self.offsets[1:] - self.offsets[:-1]
@@ -66,11 +72,13 @@ class EpisodeSampler:
             turned = f" ({len(counts)} x {ROTATIONS} rotations)" if rotations else ""
             raise MetaexpError(
                 f"The sampler asks for {ways}-way episodes but the split has only {self.num_classes} classes{turned}. "
-                f"Lower sampler.ways or use a split with more classes.")
+                f"Lower sampler.ways or use a split with more classes."
+            )
         if shots + queries > int(counts.min()):
             raise MetaexpError(
                 f"The sampler asks for {shots} shots + {queries} queries per class but the smallest class of the "
-                f"split has {int(counts.min())} examples. Lower sampler.shots or sampler.queries.")
+                f"split has {int(counts.min())} examples. Lower sampler.shots or sampler.queries."
+            )
 
     def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
         return self.episodes(*self.draw(meta_batch, generator))
@@ -82,6 +90,7 @@ class EpisodeSampler:
         base, rotation = classes % len(self.counts), classes // len(self.counts)
         per_class = self.shots + self.queries
         keys = torch.rand(meta_batch, self.ways, self.max_count, generator=generator, device=self.device)
+        # Past a class's own examples, a key of 2.0 (above any rand() draw) keeps topk(largest=False) off them.
         keys[torch.arange(self.max_count, device=self.device) >= self.counts[base].unsqueeze(-1)] = 2.0
         rows = self.offsets[base].unsqueeze(-1) + keys.topk(per_class, dim=-1, largest=False).indices
         return rows, rotation
@@ -101,8 +110,10 @@ def at_least_one(**settings) -> None:
     """Refuse a count below 1 (a negative count would slice tensors from the end and train on nonsense)."""
     for key, value in settings.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise MetaexpError(f"sampler.{key}={value!r} is not valid: it must be a whole number of 1 or more. "
-                               f"Set it again on the command line, e.g. sampler.{key}=5.")
+            raise MetaexpError(
+                f"sampler.{key}={value!r} is not valid: it must be a whole number of 1 or more. "
+                f"Set it again on the command line, e.g. sampler.{key}=5."
+            )
 
 
 def rotate(images: torch.Tensor, quarters: torch.Tensor) -> torch.Tensor:
@@ -125,4 +136,5 @@ SPLITS = ("train", "val", "test")
 def task_generator(seed: int, split: str, device, stream: int = 0) -> torch.Generator:
     """The sampling generator for one split (and one rank's `stream`): distinct seeds, so test tasks never
     repeat training tasks of a task family with no fixed split, such as the sinusoid."""
+    # Room for 1,000 ranks per (seed, split) before two streams could share a seed.
     return torch.Generator(device).manual_seed((seed * len(SPLITS) + SPLITS.index(split)) * 1000 + stream)

@@ -1,4 +1,5 @@
 """Fully connected network with ReLU, e.g. the 1-40-40-1 sinusoid regressor of Finn et al. (2017)."""
+
 from torch import nn
 
 

@@ -1,12 +1,13 @@
 """Backbones: each is `features` (an embedding network) followed by a linear `head` (none when
 `out_features` is null, for the embedding-only algorithms)."""
+
 import torch
 from torch.func import functional_call
 
 
 def with_prefix(params: dict, prefix: str) -> dict:
     """The entries of `params` under `prefix`, with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
 
 
 def predict(model: torch.nn.Module, params: dict, x: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """The four-block conv net of Vinyals et al. / Finn et al.: Omniglot (stride 2, mean-pooled) and
 mini-ImageNet (max-pool, flattened) variants, parameter-compatible with learn2learn's OmniglotCNN / CNN4."""
+
 import torch
 from torch import nn
 
-from metaexp.models.layers import BatchNorm
+from metaexp.backbones.layers import BatchNorm
 
 
 class ConvBlock(nn.Module):
@@ -28,8 +29,16 @@ class SpatialMean(nn.Module):
 class Conv4(nn.Module):
     """`layers` conv blocks of `hidden` filters; the embedding is the spatial mean or the flattened map."""
 
-    def __init__(self, out_features: int | None, in_channels: int = 1, image_size: int = 28, hidden: int = 64,
-                 layers: int = 4, max_pool: bool = False, embedding: str = "mean"):
+    def __init__(
+        self,
+        out_features: int | None,
+        in_channels: int = 1,
+        image_size: int = 28,
+        hidden: int = 64,
+        layers: int = 4,
+        max_pool: bool = False,
+        embedding: str = "mean",
+    ):
         super().__init__()
         widths = [in_channels] + [hidden] * layers
         blocks = [ConvBlock(i, o, max_pool) for i, o in zip(widths[:-1], widths[1:])]

@@ -1,4 +1,5 @@
 """What every image data set shares: class-indexed uint8 tensors, image decoding, and a checked cache."""
+
 import hashlib
 import io
 import logging
@@ -16,7 +17,7 @@ from PIL import Image
 from metaexp import checkpoint
 from metaexp.errors import MetaexpError
 
-log = logging.getLogger("metaexp.data")
+log = logging.getLogger("metaexp.datasets")
 CACHE_VERSION = 1
 
 
@@ -55,8 +56,10 @@ def decode(blob: bytes, name: str, size: int, channels: int, invert: bool = Fals
         with Image.open(io.BytesIO(blob)) as image:
             image = image.convert("L" if channels == 1 else "RGB").resize((size, size), Image.LANCZOS)
     except Exception as error:
-        raise MetaexpError(f"Cannot read the image {name} ({type(error).__name__}: {error}). The file is damaged "
-                           f"or not an image: restore it from the original data set, or remove it.") from error
+        raise MetaexpError(
+            f"Cannot read the image {name} ({type(error).__name__}: {error}). The file is damaged "
+            f"or not an image: restore it from the original data set, or remove it."
+        ) from error
     pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size, size, channels)
     pixels = pixels.permute(2, 0, 1).contiguous()
     return 255 - pixels if invert else pixels
@@ -76,12 +79,25 @@ def open_zip(path: Path) -> zipfile.ZipFile:
         archive = zipfile.ZipFile(path)
         broken = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise MetaexpError(f"{path} is damaged ({type(error).__name__}: {error}). Delete it and download it "
-                           f"again, or unzip a good copy next to it.") from error
+        raise MetaexpError(
+            f"{path} is damaged ({type(error).__name__}: {error}). Delete it and download it "
+            f"again, or unzip a good copy next to it."
+        ) from error
     if broken is not None:
-        raise MetaexpError(f"{path} is damaged: its member {broken} fails its CRC check. Delete it and download "
-                           f"it again, or unzip a good copy next to it.")
+        raise MetaexpError(
+            f"{path} is damaged: its member {broken} fails its CRC check. Delete it and download "
+            f"it again, or unzip a good copy next to it."
+        )
     return archive
+
+
+def fixed_channels(name: str, channels: int, expected: int) -> None:
+    """Refuse a `dataset.channels` the data set does not have (the key exists for the backbone's in_channels)."""
+    if channels != expected:
+        raise MetaexpError(
+            f"dataset.channels={channels}, but {name} images have {expected} channel"
+            f"{'s' if expected > 1 else ''}; leave dataset.channels at {expected}."
+        )
 
 
 def try_download(download, root: Path, what: str) -> None:
@@ -117,8 +133,10 @@ def load_cache(path: Path, fingerprint: dict) -> ClassSplit | None:
     try:
         payload = torch.load(path, weights_only=True)
         images = payload["images"]
-        intact = (payload["fingerprint"] == {**fingerprint, "version": CACHE_VERSION}
-                  and zlib.crc32(images.numpy().tobytes()) == payload["crc32"])
+        intact = (
+            payload["fingerprint"] == {**fingerprint, "version": CACHE_VERSION}
+            and zlib.crc32(images.numpy().tobytes()) == payload["crc32"]
+        )
     except Exception as error:
         log.warning("cache %s is unreadable (%s); rebuilding it", path, type(error).__name__)
         return None
@@ -135,14 +153,22 @@ def cached(path: Path, fingerprint: dict, build, what: str) -> ClassSplit:
     if data is None:
         data = build()
         save_cache(path, data, fingerprint)
-        log.info("decoded %s (%d images) in %.1fs; cached at %s", what, len(data.images),
-                 time.perf_counter() - started, path)
+        log.info(
+            "decoded %s (%d images) in %.1fs; cached at %s", what, len(data.images), time.perf_counter() - started, path
+        )
     else:
         log.info("loaded %s from cache %s in %.2fs", what, path, time.perf_counter() - started)
     return data
 
 
 def save_cache(path: Path, data: ClassSplit, fingerprint: dict) -> None:
-    checkpoint.save(path, {"images": data.images, "class_offsets": data.class_offsets,
-                           "class_names": data.class_names, "fingerprint": {**fingerprint, "version": CACHE_VERSION},
-                           "crc32": zlib.crc32(data.images.numpy().tobytes())})
+    checkpoint.save(
+        path,
+        {
+            "images": data.images,
+            "class_offsets": data.class_offsets,
+            "class_names": data.class_names,
+            "fingerprint": {**fingerprint, "version": CACHE_VERSION},
+            "crc32": zlib.crc32(data.images.numpy().tobytes()),
+        },
+    )

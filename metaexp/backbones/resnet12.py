@@ -1,8 +1,9 @@
 """ResNet-12 of Lee et al. (2019) / Oreshkin et al. (2018): four residual blocks, average-pooled embedding."""
+
 from torch import nn
 import torch.nn.functional as F
 
-from metaexp.models.layers import BatchNorm
+from metaexp.backbones.layers import BatchNorm
 
 
 class ResidualBlock(nn.Module):

@@ -1,4 +1,5 @@
 """The sinusoid regression task family of Finn et al. (2017), section 5.1: y = A sin(x - phase)."""
+
 import math
 
 import torch
@@ -15,9 +16,11 @@ class Sinusoid:
 
     def sample(self, tasks: int, points: int, generator: torch.Generator, device) -> tuple:
         """x, y of shape `[tasks, points, 1]`."""
+
         def uniform(bounds, *shape):
             low, high = bounds
             return torch.rand(*shape, generator=generator, device=device) * (high - low) + low
+
         amplitude, phase = uniform(self.amplitude, tasks, 1, 1), uniform(self.phase, tasks, 1, 1)
         x = uniform(self.inputs, tasks, points, 1)
         return x, amplitude * torch.sin(x - phase)

@@ -1,4 +1,5 @@
 """Image data sets beside Omniglot: mini-ImageNet, CIFAR-FS, FC100 (from CIFAR-100) and any image folder."""
+
 import csv
 import pickle
 import random
@@ -7,36 +8,145 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metaexp.data.store import ClassSplit, cache_path, cached, decode, from_classes, load_image, try_download
+from metaexp.datasets.store import ClassSplit, cache_path, cached, decode, from_classes, load_image
+from metaexp.datasets.store import fixed_channels, try_download
 from metaexp.errors import MetaexpError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 CIFAR_FS = {  # Bertinetto et al. (2019), R2-D2 repository splits
-    "train": ["train", "skyscraper", "turtle", "raccoon", "spider", "orange", "castle", "keyboard", "clock", "pear",
-              "girl", "seal", "elephant", "apple", "aquarium_fish", "bus", "mushroom", "possum", "squirrel", "chair",
-              "tank", "plate", "wolf", "road", "mouse", "boy", "shrew", "couch", "sunflower", "tiger", "caterpillar",
-              "lion", "streetcar", "lawn_mower", "tulip", "forest", "dolphin", "cockroach", "bear", "porcupine",
-              "bee", "hamster", "lobster", "bowl", "can", "bottle", "trout", "snake", "bridge", "pine_tree", "skunk",
-              "lizard", "cup", "kangaroo", "oak_tree", "dinosaur", "rabbit", "orchid", "willow_tree", "ray",
-              "palm_tree", "mountain", "house", "cloud"],
-    "val": ["otter", "motorcycle", "television", "lamp", "crocodile", "shark", "butterfly", "beaver", "beetle",
-            "tractor", "flatfish", "maple_tree", "camel", "crab", "sea", "cattle"],
-    "test": ["baby", "bed", "bicycle", "chimpanzee", "fox", "leopard", "man", "pickup_truck", "plain", "poppy",
-             "rocket", "rose", "snail", "sweet_pepper", "table", "telephone", "wardrobe", "whale", "woman", "worm"],
+    "train": [
+        "train",
+        "skyscraper",
+        "turtle",
+        "raccoon",
+        "spider",
+        "orange",
+        "castle",
+        "keyboard",
+        "clock",
+        "pear",
+        "girl",
+        "seal",
+        "elephant",
+        "apple",
+        "aquarium_fish",
+        "bus",
+        "mushroom",
+        "possum",
+        "squirrel",
+        "chair",
+        "tank",
+        "plate",
+        "wolf",
+        "road",
+        "mouse",
+        "boy",
+        "shrew",
+        "couch",
+        "sunflower",
+        "tiger",
+        "caterpillar",
+        "lion",
+        "streetcar",
+        "lawn_mower",
+        "tulip",
+        "forest",
+        "dolphin",
+        "cockroach",
+        "bear",
+        "porcupine",
+        "bee",
+        "hamster",
+        "lobster",
+        "bowl",
+        "can",
+        "bottle",
+        "trout",
+        "snake",
+        "bridge",
+        "pine_tree",
+        "skunk",
+        "lizard",
+        "cup",
+        "kangaroo",
+        "oak_tree",
+        "dinosaur",
+        "rabbit",
+        "orchid",
+        "willow_tree",
+        "ray",
+        "palm_tree",
+        "mountain",
+        "house",
+        "cloud",
+    ],
+    "val": [
+        "otter",
+        "motorcycle",
+        "television",
+        "lamp",
+        "crocodile",
+        "shark",
+        "butterfly",
+        "beaver",
+        "beetle",
+        "tractor",
+        "flatfish",
+        "maple_tree",
+        "camel",
+        "crab",
+        "sea",
+        "cattle",
+    ],
+    "test": [
+        "baby",
+        "bed",
+        "bicycle",
+        "chimpanzee",
+        "fox",
+        "leopard",
+        "man",
+        "pickup_truck",
+        "plain",
+        "poppy",
+        "rocket",
+        "rose",
+        "snail",
+        "sweet_pepper",
+        "table",
+        "telephone",
+        "wardrobe",
+        "whale",
+        "woman",
+        "worm",
+    ],
 }
 FC100 = {  # Oreshkin et al. (2018): CIFAR-100 superclasses per split
-    "train": ["fish", "flowers", "food_containers", "fruit_and_vegetables", "household_electrical_devices",
-              "household_furniture", "large_man-made_outdoor_things", "large_natural_outdoor_scenes", "reptiles",
-              "trees", "vehicles_1", "vehicles_2"],
+    "train": [
+        "fish",
+        "flowers",
+        "food_containers",
+        "fruit_and_vegetables",
+        "household_electrical_devices",
+        "household_furniture",
+        "large_man-made_outdoor_things",
+        "large_natural_outdoor_scenes",
+        "reptiles",
+        "trees",
+        "vehicles_1",
+        "vehicles_2",
+    ],
     "val": ["large_carnivores", "large_omnivores_and_herbivores", "non-insect_invertebrates", "small_mammals"],
     "test": ["aquatic_mammals", "insects", "medium_mammals", "people"],
 }
 
 
 def missing(name: str, root: Path, layout: str) -> MetaexpError:
-    return MetaexpError(f"{name} is not at {root}: expected {layout}. Put the data there, or point dataset.root "
-                        f"(or METAEXP_DATA) at a folder that has it.")
+    return MetaexpError(
+        f"{name} is not at {root}: expected {layout}. Put the data there, or point dataset.root "
+        f"(or METAEXP_DATA) at a folder that has it."
+    )
 
 
 class CIFAR100Splits:
@@ -48,6 +158,7 @@ class CIFAR100Splits:
     def __init__(self, root, scheme: str, image_size: int = 32, channels: int = 3, download: bool = True):
         if scheme not in ("cifar_fs", "fc100"):
             raise MetaexpError(f"dataset.scheme={scheme} is not one of cifar_fs, fc100.")
+        fixed_channels("CIFAR-100", channels, 3)
         self.root, self.scheme, self.image_size, self.download = Path(root).expanduser(), scheme, image_size, download
         self._classes = None
 
@@ -67,6 +178,7 @@ class CIFAR100Splits:
             folder = self.root / "cifar-100-python"
             if not folder.is_dir() and self.download:
                 from torchvision.datasets import CIFAR100
+
                 try_download(lambda: CIFAR100(str(self.root), download=True), self.root, "CIFAR-100")
             if not all((folder / f).is_file() for f in ("train", "test", "meta")):
                 raise missing("CIFAR-100", self.root, self.LAYOUT)
@@ -91,8 +203,10 @@ def unpickle(path: Path):
         with open(path, "rb") as f:
             return pickle.load(f, encoding="bytes")
     except Exception as error:
-        raise MetaexpError(f"Cannot read {path} ({type(error).__name__}: {error}); the file is damaged. "
-                           f"Delete it and download the data set again.") from error
+        raise MetaexpError(
+            f"Cannot read {path} ({type(error).__name__}: {error}); the file is damaged. "
+            f"Delete it and download the data set again."
+        ) from error
 
 
 def meta_field(mapping: dict, key: str):
@@ -120,6 +234,7 @@ class MiniImageNet:
     LAYOUT = "mini-imagenet-cache-{train,val,test}.pkl, or images/*.jpg with train.csv, val.csv, test.csv"
 
     def __init__(self, root, image_size: int = 84, channels: int = 3):
+        fixed_channels("mini-ImageNet", channels, 3)
         self.root, self.image_size = Path(root).expanduser(), image_size
 
     def preprocess(self, path: Path) -> torch.Tensor:
@@ -142,8 +257,14 @@ class MiniImageNet:
             by_class = {}
             for row in rows:
                 by_class.setdefault(row["label"], []).append(self.root / "images" / row["filename"])
-            return cached_decode(self.root, f"mini_imagenet-{name}-{self.image_size}px.pt", by_class,
-                                 self.image_size, 3, {"table": table.stat().st_size})
+            return cached_decode(
+                self.root,
+                f"mini_imagenet-{name}-{self.image_size}px.pt",
+                by_class,
+                self.image_size,
+                3,
+                {"table": table.stat().st_size},
+            )
         raise missing("mini-ImageNet", self.root, self.LAYOUT)
 
 
@@ -151,8 +272,15 @@ class ImageFolder:
     """Any data set with one folder per class. Split by class lists (`classes: {train: [...], ...}`) or, if
     none are given, by `ratios` of the sorted classes shuffled with `split_seed`."""
 
-    def __init__(self, root, image_size: int = 84, channels: int = 3, classes: dict | None = None,
-                 ratios=(0.64, 0.16, 0.20), split_seed: int = 0):
+    def __init__(
+        self,
+        root,
+        image_size: int = 84,
+        channels: int = 3,
+        classes: dict | None = None,
+        ratios=(0.64, 0.16, 0.20),
+        split_seed: int = 0,
+    ):
         self.root, self.image_size, self.channels = Path(root).expanduser(), image_size, channels
         self.classes, self.ratios, self.split_seed = classes, tuple(ratios), split_seed
 
@@ -182,21 +310,36 @@ class ImageFolder:
             raise MetaexpError(
                 f"The {name} split of {self.root} has no classes: {len(folders)} class folders split by "
                 f"{'dataset.classes' if self.classes else f'dataset.ratios={list(self.ratios)}'} leave it empty. "
-                f"Add class folders, or give the {name} split some classes.")
+                f"Add class folders, or give the {name} split some classes."
+            )
         files = {n: sorted(f for f in folders[n].iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) for n in names}
         empty = [n for n, f in files.items() if not f]
         if empty:
             raise MetaexpError(f"Class folders with no images under {self.root}: {empty[:5]}.")
-        return cached_decode(self.root, f"image_folder-{name}-{self.image_size}px.pt", files, self.image_size,
-                             self.channels, {"classes": names})
+        return cached_decode(
+            self.root,
+            f"image_folder-{name}-{self.image_size}px.pt",
+            files,
+            self.image_size,
+            self.channels,
+            {"classes": names},
+        )
 
 
 def cached_decode(root: Path, cache_name: str, files: dict, size: int, channels: int, extra: dict) -> ClassSplit:
     """Decode `files` (class -> image paths) once; later loads read the checked cache."""
-    fingerprint = {"size": size, "channels": channels, **extra,
-                   "files": sum(len(v) for v in files.values()),
-                   "bytes": sum(p.stat().st_size for v in files.values() for p in v)}
+    fingerprint = {
+        "size": size,
+        "channels": channels,
+        **extra,
+        "files": sum(len(v) for v in files.values()),
+        "bytes": sum(p.stat().st_size for v in files.values() for p in v),
+    }
+
     def build():
-        return from_classes([torch.stack([decode(p.read_bytes(), str(p), size, channels) for p in files[n]])
-                             for n in files], list(files))
+        return from_classes(
+            [torch.stack([decode(p.read_bytes(), str(p), size, channels) for p in files[n]]) for n in files],
+            list(files),
+        )
+
     return cached(cache_path(root, cache_name), fingerprint, build, cache_name)

@@ -1,4 +1,5 @@
 """Layers safe under `vmap` + second-order `grad`."""
+
 import torch
 from torch import nn
 
