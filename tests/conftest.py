@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # A few steps of anything (conf/debug/fast.yaml: 4 steps, a row each, validation every 2 on 8 tasks), on the CPU.
 TINY = ["debug=fast", "trainer.meta_batch=5", "trainer.device=cpu"]
 # Omniglot from a local layout (make_layout's, in a test), split into background / evaluation alphabets.
-OMNIGLOT = ["dataset=omniglot", "dataset.download=false", "dataset.split_scheme=lake"]
+OMNIGLOT_LAKE = ["dataset=omniglot", "dataset.download=false", "dataset.split_scheme=lake"]
 ALPHABETS = {"images_background": ["Hebrew", "Latin", "Korean"], "images_evaluation": ["Angelic", "Tengwar"]}
 OMNIGLOT = (ROOT.parent / "shared" / "data" / "omniglot").resolve()
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import OMNIGLOT, ROOT, TINY, make_layout, only_report
+from conftest import OMNIGLOT_LAKE, ROOT, TINY, make_layout, only_report
 
 pytestmark = pytest.mark.slow
 FAST = TINY
@@ -174,7 +174,7 @@ def test_mismatched_algorithm_backbone_and_tasks_fail_before_training(cli, tmp_p
     wrong_ways = cli(
         "train",
         "algorithm=maml",
-        *OMNIGLOT,
+        *OMNIGLOT_LAKE,
         f"dataset.root={root}",
         "sampler.ways=5",
         "sampler.queries=1",

@@ -7,12 +7,12 @@ import shutil
 import pytest
 
 
-from conftest import OMNIGLOT, TINY, make_layout, run_cli
+from conftest import OMNIGLOT_LAKE, TINY, make_layout, run_cli
 
 pytestmark = pytest.mark.slow
 PROTONET = [
     "algorithm=protonet",
-    *OMNIGLOT,
+    *OMNIGLOT_LAKE,
     "sampler.ways=3",
     "sampler.shots=1",
     "sampler.queries=2",

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import OMNIGLOT, ROOT, make_layout
+from conftest import OMNIGLOT_LAKE, ROOT, make_layout
 from metaexp.algorithms.maml import MAML
 from metaexp.algorithms.protonet import ProtoNet
 from metaexp.datasets.store import from_classes
@@ -55,7 +55,7 @@ def test_headline_command_says_what_it_trains(cli, tmp_path):
     result = cli(
         "train",
         "algorithm=maml",
-        *OMNIGLOT,
+        *OMNIGLOT_LAKE,
         f"dataset.root={root}",
         "trainer.steps=2",
         "trainer.val_every=2",

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from conftest import OMNIGLOT, TINY, make_layout, run_cli
+from conftest import OMNIGLOT_LAKE, TINY, make_layout, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -315,7 +315,7 @@ def used(tmp_path_factory):
     return {"base": base, "run": run, "omniglot": make_layout(base / "omniglot"), "folder": folder}
 
 
-OMNIGLOT_1Q = [*OMNIGLOT, "sampler.queries=1"]
+OMNIGLOT_1Q = [*OMNIGLOT_LAKE, "sampler.queries=1"]
 # (arguments, words the paragraph must contain); {run}, {omniglot}, {folder}, {afile} are filled in.
 TRAIN_CASES = [
     (["trainer.steps=abc"], "trainer.steps='abc' is not valid"),
