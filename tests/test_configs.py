@@ -45,7 +45,7 @@ def test_preset_builds_its_data_set_backbone_and_algorithm(preset):
 
 
 def test_every_preset_is_listed():
-    assert len(PRESETS) == 42
+    assert len(PRESETS) == 44
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
@@ -53,7 +53,7 @@ def test_algorithm_and_data_set_alone_get_the_published_setting(setting):
     """`algorithm=X dataset=Y` composes exactly as the X_Y 5-way 1-shot preset, less its published figure."""
     algorithm, dataset = next(
         (a, setting[len(a) + 1 :])
-        for a in ("anil", "fomaml", "maml", "matchingnet", "metaoptnet", "metasgd", "protonet", "reptile")
+        for a in ("anil", "fomaml", "maml", "matchingnet", "metanet", "metaoptnet", "metasgd", "protonet", "reptile")
         if setting.startswith(a + "_")
     )
     preset = f"{algorithm}_{dataset.replace('_', '')}_5w1s"

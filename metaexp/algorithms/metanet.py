@@ -1,0 +1,170 @@
+"""Meta Networks (Munkhdalai & Yu 2017), after the authors' MetaNetFull.py: a base learner b (slow weights W)
+and an embedding network u (slow weights Q) of the same shape, each layer augmented with fast weights,
+`relu(W h) + relu(W* h)` (the head sums its two linear outputs).
+
+- Meta information is a loss gradient, one scalar per weight, preprocessed into two features (`preprocess`);
+  it is a constant for the outer update (no second-order term).
+- Task-level fast weights Q*: u's own cross-entropy on the support set, in `chunks` chunks, its gradient w.r.t. Q
+  fed coordinate-wise through an LSTM(2->20) + Linear(20->1) over the chunks; the last output is Q*.
+- Example-level fast weights: for each support example, the gradient of b's loss on it w.r.t. W through a
+  coordinate-wise MLP 2->20->20->1: the memory values M. Memory keys: u's fc1 pre-activation, `Q h + Q* h`.
+- A query reads W* = M^T softmax(cosine(key, support keys)) and is classified by b with (W, W*).
+Conv and fc coordinates have separate LSTMs and MLPs. Everything per task is batched (per-example gradients by
+vmap of grad, every query's fast weights by one einsum, the queries' forwards by vmap), and the base class
+vmaps the task over the meta-batch like every other algorithm.
+"""
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.func import grad, vmap
+
+from metaexp.algorithms.base import Algorithm
+from metaexp.backbones import with_prefix
+from metaexp.errors import MetaexpError
+
+HIDDEN = 20
+KINDS = ("conv", "fc")
+
+
+def preprocess(g: torch.Tensor) -> torch.Tensor:
+    """`[..., 2]` features of gradient values: (max(log(|g| + eps) / 7, -1), clamp(g * e^7, -1, 1)), eps the float32
+    machine epsilon (Andrychowicz et al. 2016's preprocessing with p = 7, as MetaNet uses it)."""
+    eps = torch.finfo(torch.float32).eps
+    return torch.stack([(torch.log(g.abs() + eps) / 7).clamp_min(-1.0), (g * math.exp(7)).clamp(-1.0, 1.0)], -1)
+
+
+def kind(name: str) -> str:
+    return "conv" if name.startswith("convs.") else "fc"
+
+
+class MetaNet(Algorithm):
+    classification_only = True
+
+    def __init__(self, model, objective, chunks: int = 5):
+        super().__init__(model, objective)
+        if not all(hasattr(model, part) for part in ("convs", "fc1", "head")):
+            raise MetaexpError(
+                f"metanet augments every layer of its twin networks with fast weights and needs their shape "
+                f"(conv layers, fc1, head without biases), which {type(model).__name__} does not have. Use "
+                f"backbone=metanet_conv."
+            )
+        self.chunks = chunks
+        self.layers = len(model.convs)
+
+    def init_params(self) -> dict:
+        """b's weights (`base.`), u's (`embed.`, a twin with its own initialisation) and the generators (`meta.`).
+
+        Each generator's output bias is set so that a zero gradient gives a zero fast weight. With torch's default
+        initialisation alone, a generator gives nearly one value to every coordinate (most gradients are tiny, so
+        their features sit near (-1, 0)); where that value is negative, `relu(W* h)` is zero at every conv layer
+        (its inputs are non-negative) and the generator never receives a gradient (DESIGN.md saw this on 2 of 10
+        seeds). Centred, the fast weights take the signs of the gradients and both paths train."""
+        twin = copy.deepcopy(self.model)
+        for module in twin.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        params = {f"base.{k}": p.detach().clone() for k, p in self.model.named_parameters()}
+        params.update({f"embed.{k}": p.detach().clone() for k, p in twin.named_parameters()})
+        zero = preprocess(torch.zeros(1))  # the features of a zero gradient, [1, 2]
+        for name in KINDS:
+            lstm, out = torch.nn.LSTMCell(2, HIDDEN), torch.nn.Linear(HIDDEN, 1)
+            params.update(
+                {
+                    f"meta.lstm.{name}.w_ih": lstm.weight_ih.detach(),
+                    f"meta.lstm.{name}.w_hh": lstm.weight_hh.detach(),
+                    f"meta.lstm.{name}.b": (lstm.bias_ih + lstm.bias_hh).detach(),
+                    f"meta.lstm.{name}.w_out": out.weight.detach(),
+                    f"meta.lstm.{name}.b_out": out.bias.detach(),
+                }
+            )
+            layers = (torch.nn.Linear(2, HIDDEN), torch.nn.Linear(HIDDEN, HIDDEN), torch.nn.Linear(HIDDEN, 1))
+            for i, layer in enumerate(layers):
+                params[f"meta.mlp.{name}.w{i}"] = layer.weight.detach()
+                params[f"meta.mlp.{name}.b{i}"] = layer.bias.detach()
+            with torch.no_grad():
+                params[f"meta.lstm.{name}.b_out"] -= self.lstm(params, name, zero.expand(self.chunks, 1, 2))
+                params[f"meta.mlp.{name}.b2"] -= self.mlp(params, name, zero)
+        return params
+
+    def forward(self, weights: dict, fast: dict | None, x, key: bool = False):
+        """The augmented network on `x` `[n, C, H, W]`; `key=True` stops at fc1's pre-activation, Q h + Q* h."""
+
+        def layer(apply, name):
+            out = apply(weights[name])
+            return out, (apply(fast[name]) if fast is not None else None)
+
+        h = x
+        for i in range(self.layers):
+            slow, quick = layer(lambda w: F.conv2d(h, w, padding=1), f"convs.{i}.weight")
+            h = F.max_pool2d(F.relu(slow) + (F.relu(quick) if quick is not None else 0), 2, ceil_mode=True)
+        h = h.flatten(-3)
+        slow, quick = layer(lambda w: F.linear(h, w), "fc1.weight")
+        if key:
+            return slow + (quick if quick is not None else 0)
+        h = F.relu(slow) + (F.relu(quick) if quick is not None else 0)
+        slow, quick = layer(lambda w: F.linear(h, w), "head.weight")
+        return slow + (quick if quick is not None else 0)
+
+    def lstm(self, params: dict, name: str, sequence: torch.Tensor) -> torch.Tensor:
+        """Coordinate-wise LSTM(2->20) + Linear(20->1) over `sequence` `[T, P, 2]`; the last output `[P]`."""
+        p = with_prefix(params, f"meta.lstm.{name}.")
+        h = c = sequence.new_zeros(sequence.shape[1], HIDDEN)
+        for x in sequence:
+            i, f, g, o = (x @ p["w_ih"].T + h @ p["w_hh"].T + p["b"]).chunk(4, -1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        return (h @ p["w_out"].T + p["b_out"]).squeeze(-1)
+
+    def mlp(self, params: dict, name: str, features: torch.Tensor) -> torch.Tensor:
+        """Coordinate-wise MLP 2->20->20->1 on `features` `[..., 2]`."""
+        p = with_prefix(params, f"meta.mlp.{name}.")
+        h = F.relu(F.linear(features, p["w0"], p["b0"]))
+        h = F.relu(F.linear(h, p["w1"], p["b1"]))
+        return F.linear(h, p["w2"], p["b2"]).squeeze(-1)
+
+    def task_fast_weights(self, params: dict, embed: dict, support_x, support_y) -> dict:
+        """Q*: the gradients of u's loss on each support chunk, through the LSTM over the chunks."""
+        if len(support_x) % self.chunks:
+            raise MetaexpError(f"algorithm.chunks={self.chunks} does not divide the {len(support_x)} support examples.")
+        xs = support_x.unflatten(0, (self.chunks, -1))
+        ys = support_y.unflatten(0, (self.chunks, -1))
+        constant = {k: v.detach() for k, v in embed.items()}  # meta information: no second-order term
+
+        def chunk_loss(weights, x, y):
+            return self.objective.loss(self.forward(weights, None, x), y)
+
+        grads = vmap(grad(chunk_loss), in_dims=(None, 0, 0))(constant, xs, ys)
+        return {k: self.lstm(params, kind(k), preprocess(g.flatten(1))).view_as(embed[k]) for k, g in grads.items()}
+
+    def memory(self, params: dict, base: dict, support_x, support_y) -> dict:
+        """M: for each support example, its gradient of b's loss through the MLP, `[N, *shape]` per weight."""
+        constant = {k: v.detach() for k, v in base.items()}
+
+        def example_loss(weights, x, y):
+            return self.objective.loss(self.forward(weights, None, x[None]), y[None])
+
+        grads = vmap(grad(example_loss), in_dims=(None, 0, 0))(constant, support_x, support_y)
+        return {k: self.mlp(params, kind(k), preprocess(g)) for k, g in grads.items()}
+
+    def adapt(self, params: dict, support_x, support_y):
+        base, embed = with_prefix(params, "base."), with_prefix(params, "embed.")
+        embed_fast = self.task_fast_weights(params, embed, support_x, support_y)
+        memory = self.memory(params, base, support_x, support_y)
+        support_keys = self.forward(embed, embed_fast, support_x, key=True)
+
+        def predict(query_x):
+            keys = self.forward(embed, embed_fast, query_x, key=True)
+            attention = (F.normalize(keys, dim=-1) @ F.normalize(support_keys, dim=-1).T).softmax(-1)
+            fast = {k: torch.einsum("qn,n...->q...", attention, m) for k, m in memory.items()}
+            return vmap(lambda x, weights: self.forward(base, weights, x[None])[0])(query_x, fast)
+
+        return predict
+
+    def task_loss(self, params, support_x, support_y, query_x, query_y, step):
+        logits = self.adapt(params, support_x, support_y)(query_x)
+        losses = F.cross_entropy(logits, query_y, reduction="none")
+        # The outer loss sums the query cross-entropies, as the authors' code does; the reported loss is their mean.
+        return losses.sum(), losses.mean(), self.objective.score(logits, query_y)

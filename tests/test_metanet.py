@@ -1,0 +1,157 @@
+"""Meta Networks against a plain reference written from the description: Python loops over the support chunks,
+the support examples and the queries, torch's own nn.LSTM and nn.Sequential generators, float64."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from metaexp.algorithms.metanet import MetaNet, preprocess
+from metaexp.backbones.metanet_conv import MetaNetConv
+from metaexp.errors import MetaexpError
+from metaexp.objectives import CLASSIFICATION
+from metaexp.samplers import TaskBatch
+
+WAYS, QUERIES, TASKS, HIDDEN = 5, 2, 2, 8
+
+
+def tasks(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TaskBatch(
+        torch.rand(TASKS, WAYS, 1, 28, 28, generator=g, dtype=torch.float64),
+        torch.arange(WAYS).expand(TASKS, -1).contiguous(),
+        torch.rand(TASKS, WAYS * QUERIES, 1, 28, 28, generator=g, dtype=torch.float64),
+        torch.arange(WAYS).repeat_interleave(QUERIES).expand(TASKS, -1).contiguous(),
+    )
+
+
+def net(weights, x, fast=None, key=False):
+    """The twin network, each layer relu(W h) + relu(W* h), written out layer by layer."""
+    h = x
+    for i in range(5):
+        out = F.relu(F.conv2d(h, weights[f"convs.{i}.weight"], padding=1))
+        if fast is not None:
+            out = out + F.relu(F.conv2d(h, fast[f"convs.{i}.weight"], padding=1))
+        h = F.max_pool2d(out, 2, ceil_mode=True)
+    h = h.reshape(len(h), -1)
+    if key:
+        return h @ weights["fc1.weight"].T + (h @ fast["fc1.weight"].T if fast is not None else 0)
+    h = F.relu(h @ weights["fc1.weight"].T) + (F.relu(h @ fast["fc1.weight"].T) if fast is not None else 0)
+    return h @ weights["head.weight"].T + (h @ fast["head.weight"].T if fast is not None else 0)
+
+
+def features(g):
+    eps = torch.finfo(torch.float32).eps
+    first = torch.maximum(torch.log(g.abs() + eps) / 7, torch.tensor(-1.0, dtype=g.dtype))
+    return torch.stack([first, torch.clamp(g * math.e**7, -1, 1)], -1)
+
+
+def generators(params, kind):
+    """torch's nn.LSTM + nn.Linear and an nn.Sequential MLP, called with the algorithm's parameter tensors."""
+    lstm, out = torch.nn.LSTM(2, 20).double(), torch.nn.Linear(20, 1).double()
+    mlp = torch.nn.Sequential(
+        torch.nn.Linear(2, 20), torch.nn.ReLU(), torch.nn.Linear(20, 20), torch.nn.ReLU(), torch.nn.Linear(20, 1)
+    ).double()
+    p = {k[len(f"meta.lstm.{kind}.") :]: v for k, v in params.items() if k.startswith(f"meta.lstm.{kind}.")}
+    m = {k[len(f"meta.mlp.{kind}.") :]: v for k, v in params.items() if k.startswith(f"meta.mlp.{kind}.")}
+    lstm_weights = {"weight_ih_l0": p["w_ih"], "weight_hh_l0": p["w_hh"], "bias_ih_l0": p["b"],
+                    "bias_hh_l0": torch.zeros_like(p["b"])}  # fmt: skip
+
+    def generate_task_weight(sequence):  # [T, P, 2] -> [P]
+        outputs, _ = functional_call(lstm, lstm_weights, (sequence,))
+        return functional_call(out, {"weight": p["w_out"], "bias": p["b_out"]}, (outputs[-1],)).squeeze(-1)
+
+    def generate_example_weight(feature):  # [..., 2] -> [...]
+        weights = {"0.weight": m["w0"], "0.bias": m["b0"], "2.weight": m["w1"], "2.bias": m["b1"],
+                   "4.weight": m["w2"], "4.bias": m["b2"]}  # fmt: skip
+        return functional_call(mlp, weights, (feature,)).squeeze(-1)
+
+    return generate_task_weight, generate_example_weight
+
+
+def reference_task_loss(params, sx, sy, qx, qy, chunks=5):
+    base = {k[5:]: v for k, v in params.items() if k.startswith("base.")}
+    embed = {k[6:]: v for k, v in params.items() if k.startswith("embed.")}
+    made = {kind: generators(params, kind) for kind in ("conv", "fc")}
+
+    def kind(name):
+        return "conv" if name.startswith("convs.") else "fc"
+
+    size = len(sx) // chunks
+    sequences = {k: [] for k in embed}
+    for c in range(chunks):
+        loss = F.cross_entropy(net(embed, sx[c * size : (c + 1) * size]), sy[c * size : (c + 1) * size])
+        for k, g in zip(embed, torch.autograd.grad(loss, list(embed.values()))):
+            sequences[k].append(features(g.reshape(-1)))
+    embed_fast = {k: made[kind(k)][0](torch.stack(s)).reshape(embed[k].shape) for k, s in sequences.items()}
+    memory = []
+    for i in range(len(sx)):
+        loss = F.cross_entropy(net(base, sx[i : i + 1]), sy[i : i + 1])
+        grads = torch.autograd.grad(loss, list(base.values()))
+        memory.append({k: made[kind(k)][1](features(g)) for k, g in zip(base, grads)})
+    keys = [net(embed, sx[i : i + 1], embed_fast, key=True)[0] for i in range(len(sx))]
+    total = 0.0
+    for j in range(len(qx)):
+        key = net(embed, qx[j : j + 1], embed_fast, key=True)[0]
+        attention = torch.stack([F.cosine_similarity(key, k, dim=0) for k in keys]).softmax(0)
+        fast = {k: sum(attention[i] * memory[i][k] for i in range(len(sx))) for k in base}
+        total = total + F.cross_entropy(net(base, qx[j : j + 1], fast), qy[j : j + 1])
+    return total
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_vectorised_metanet_equals_the_loop_reference_in_float64(seed):
+    torch.manual_seed(seed)
+    algorithm = MetaNet(MetaNetConv(WAYS, hidden=HIDDEN), CLASSIFICATION)
+    start = {k: v.double() for k, v in algorithm.init_params().items()}
+    batch = tasks(seed)
+    ours = {k: v.clone().requires_grad_() for k, v in start.items()}
+    outer, _, _ = algorithm.meta_loss(ours, batch)
+    outer.backward()
+    theirs = {k: v.clone().requires_grad_() for k, v in start.items()}
+    reference = sum(reference_task_loss(theirs, *task) for task in zip(*batch)) / TASKS
+    reference.backward()
+    assert outer.item() == pytest.approx(reference.item(), rel=1e-9)
+    groups = {}
+    for k in start:
+        groups.setdefault(".".join(k.split(".")[:3]) if k.startswith("meta.") else k.split(".")[0], []).append(k)
+    for group, names in groups.items():
+        a = torch.cat([ours[k].grad.reshape(-1) for k in names if ours[k].grad is not None])
+        b = torch.cat([theirs[k].grad.reshape(-1) for k in names if theirs[k].grad is not None])
+        assert ((a - b).norm() / b.norm()).item() < 1e-6, group
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_gradient_reaches_every_generator_and_both_networks(seed):
+    torch.manual_seed(seed)
+    algorithm = MetaNet(MetaNetConv(WAYS, hidden=HIDDEN), CLASSIFICATION)
+    params = {k: v.requires_grad_() for k, v in algorithm.init_params().items()}
+    batch = TaskBatch(*(t.float() if t.is_floating_point() else t for t in tasks(seed)))
+    algorithm.meta_loss(params, batch)[0].backward()
+    dead = sorted(k for k, v in params.items() if v.grad is None or not v.grad.abs().sum() > 0)
+    # u's own head only scores the support chunks whose gradients are constant meta information: no outer gradient.
+    assert dead == ["embed.head.weight"]
+
+
+def test_preprocessing_at_known_points():
+    g = torch.tensor([0.0, 1.0, -1e-4, 1e-2, -5.0])
+    got = preprocess(g)
+    e7 = math.exp(7)
+    expected = [(-1.0, 0.0), (math.log(1 + 2**-23) / 7, 1.0), (-1.0, -1e-4 * e7), (math.log(1e-2 + 2**-23) / 7, 1.0),
+                (math.log(5 + 2**-23) / 7, -1.0)]  # fmt: skip
+    assert torch.allclose(got, torch.tensor(expected), atol=1e-6)
+
+
+def test_ceil_mode_shapes_and_bad_pairs():
+    omniglot, mini = MetaNetConv(5), MetaNetConv(5, in_channels=3, image_size=84, hidden=32)
+    assert omniglot.embedding_size == 64 and omniglot(torch.zeros(2, 1, 28, 28)).shape == (2, 5)
+    assert mini.embedding_size == 288 and mini(torch.zeros(2, 3, 84, 84)).shape == (2, 5)
+    from metaexp.backbones.conv4 import Conv4
+    from metaexp.objectives import REGRESSION
+
+    with pytest.raises(MetaexpError, match="backbone=metanet_conv"):
+        MetaNet(Conv4(5), CLASSIFICATION)
+    with pytest.raises(MetaexpError, match="cannot learn mse regression"):
+        MetaNet(MetaNetConv(1), REGRESSION)
