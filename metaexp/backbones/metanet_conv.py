@@ -2,6 +2,7 @@
 [3x3 conv without bias, ReLU, 2x2 max-pool with ceil mode], then fc hidden->hidden, ReLU, fc hidden->ways, no
 biases and no batch norm. Omniglot: 5 x 64 filters, 28 -> 14 -> 7 -> 4 -> 2 -> 1 (without ceil mode the map
 collapses to 0x0 at the fifth pool)."""
+
 import math
 
 import torch
@@ -10,8 +11,9 @@ from torch import nn
 
 
 class MetaNetConv(nn.Module):
-    def __init__(self, out_features: int, in_channels: int = 1, image_size: int = 28, hidden: int = 64,
-                 layers: int = 5):
+    def __init__(
+        self, out_features: int, in_channels: int = 1, image_size: int = 28, hidden: int = 64, layers: int = 5
+    ):
         super().__init__()
         widths = [in_channels] + [hidden] * layers
         self.convs = nn.ModuleList(nn.Conv2d(i, o, 3, padding=1, bias=False) for i, o in zip(widths, widths[1:]))
