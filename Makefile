@@ -43,10 +43,11 @@ lint: install-dev  ## ruff: lint and formatting of the package, tests, benchmark
 	$(VENV)/bin/ruff check metaexp tests benchmarks ci
 	$(VENV)/bin/ruff format --check metaexp tests benchmarks ci
 
-bench: install-dev  ## engine and sampling benchmarks against learn2learn
+bench: install-dev  ## engine and sampling benchmarks against learn2learn, MetaNet against its loop reference
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_engine.py --compile --configs a
 	$(PY) benchmarks/bench_sampling.py --compile
+	$(PY) benchmarks/bench_metanet.py
 
 wheel-check: install  ## build the wheel, install it into a clean venv, run every README command outside the checkout
 	bash ci/wheel_check.sh $(PYTHON)
