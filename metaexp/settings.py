@@ -12,8 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from metaexp.errors import MetaexpError
-
-SPLITS = ("train", "val", "test")
+from metaexp.samplers import SPLITS
 
 
 @dataclass
