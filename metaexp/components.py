@@ -55,6 +55,27 @@ def check_objective(node: DictConfig, objective) -> None:
         algorithm.check_objective(objective)
 
 
+def check_backbone(node: DictConfig, sampler) -> None:
+    """Refuse a policy backbone on supervised tasks, or any other backbone on a reinforcement-learning task
+    family, before the config is resolved (a classifier's `${sampler.ways}` would fail first, unhelpfully)."""
+    try:
+        policy = getattr(get_class(node._target_), "is_policy", False)
+    except (ImportError, AttributeError, ValueError, OmegaConfBaseException):
+        return  # build() reports an unknown class with the node's name
+    name = node._target_.rsplit(".", 1)[-1]
+    if policy and not hasattr(sampler, "act_with"):
+        raise MetaexpError(
+            f"backbone={name} is a policy for reinforcement-learning task families, but {type(sampler).__name__} "
+            f"draws {sampler.objective.task} tasks. Pick a backbone for them (mlp for the sinusoid, conv4 for "
+            f"images), or a reinforcement-learning data set (dataset=navigation2d)."
+        )
+    if not policy and hasattr(sampler, "act_with"):
+        raise MetaexpError(
+            f"The task family is reinforcement learning and needs a policy backbone, but the backbone is {name}. "
+            f"Use backbone=gaussian_policy."
+        )
+
+
 def build_sampler(cfg: DictConfig, dataset, split: str, device: torch.device):
     """The task sampler over one split of the data set; its complaints name the split."""
     data = dataset.split(split)
@@ -69,13 +90,13 @@ def build_sampler(cfg: DictConfig, dataset, split: str, device: torch.device):
 def build_algorithm(cfg: DictConfig, sampler):
     """The algorithm over a fresh backbone, checked against the sampler's task shape before any training."""
     check_objective(cfg.algorithm, sampler.objective)
+    check_backbone(cfg.backbone, sampler)
     model = build(cfg.backbone, "backbone")
     algorithm = build(cfg.algorithm, "algorithm", model=model, objective=sampler.objective)
-    outputs = getattr(sampler, "ways", 1)
-    if algorithm.uses_head and model.head.out_features != outputs:
+    if algorithm.uses_head and model.head.out_features != sampler.outputs:
         raise MetaexpError(
-            f"The backbone's head has {model.head.out_features} outputs but the tasks need {outputs} "
-            f"({type(sampler).__name__} with ways={outputs}). Leave backbone.out_features at its default "
-            f"(it follows sampler.ways) or set the two to the same value."
+            f"The backbone's head has {model.head.out_features} outputs but the tasks need {sampler.outputs} "
+            f"({type(sampler).__name__}). Leave backbone.out_features at its default (for classification it "
+            f"follows sampler.ways) or set it to {sampler.outputs}."
         )
     return algorithm

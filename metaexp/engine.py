@@ -35,6 +35,13 @@ class MetaStep:
                 "(multi_step_loss, first_order_until) change the step as training goes. "
                 "Turn one of them off."
             )
+        self.trust_region = getattr(optimizer, "needs_divergence", False)
+        if self.trust_region and (cuda_graph or distributed.world_size() > 1):
+            raise MetaexpError(
+                "optim=trpo runs a line search whose length depends on the data, which a captured CUDA graph or "
+                "several processes cannot follow. Set trainer.cuda_graph=false and run one process, or use "
+                "optim=adam."
+            )
         self.algorithm, self.params, self.optimizer, self.device = algorithm, params, optimizer, device
         self.autocast = (
             (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
@@ -48,14 +55,31 @@ class MetaStep:
 
     def eager(self, batch: TaskBatch, step: int):
         self.optimizer.zero_grad(set_to_none=True)
+        chunk = task_chunk_size(self.task_chunk, self.device, batch)
+        if self.trust_region:
+            return self.trust_region_step(batch, step, chunk)
         with self.autocast():
-            chunk = task_chunk_size(self.task_chunk, self.device, batch)
             outer_loss, losses, scores = self.meta_loss(self.params, batch, step, chunk)
         outer_loss.backward()
         distributed.average_gradients(self.params.values(), weight=len(batch))
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params.values(), self.grad_clip)
         self.optimizer.step()
+        return losses.float(), scores.float()
+
+    def trust_region_step(self, batch: TaskBatch, step: int, chunk: int | None):
+        """TRPO's step; the losses and scores reported are those before it, as for a gradient step."""
+        before = []
+
+        def objectives():
+            with self.autocast():
+                outer_loss, losses, scores = self.meta_loss(self.params, batch, step, chunk)
+                divergence = self.algorithm.meta_divergence(self.params, batch, step, chunk)
+            before.append((losses, scores))
+            return outer_loss, divergence
+
+        self.optimizer.step(objectives)
+        losses, scores = before[0]
         return losses.float(), scores.float()
 
     def __call__(self, batch: TaskBatch, step: int):

@@ -65,6 +65,8 @@ def report_name(settings: dict) -> str:
         setting = Path(settings["episodes_file"]).stem
     elif "ways" in sampler:
         setting = f"{sampler['ways']}w{sampler['shots']}s{sampler['queries']}q"
+    elif "trajectories" in sampler:
+        setting = f"{sampler['trajectories']}traj"
     else:
         setting = f"{sampler['shots']}shot{sampler['queries']}q"
     steps = f"-{settings['inner_steps']}steps" if settings["inner_steps"] is not None else ""
@@ -108,21 +110,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         raise MetaexpError(f"The config saved in {path} cannot be rebuilt into a model: {error}") from error
     params = checked_params(algorithm.init_params(), state["params"], path)
     params = {k: v.to(device) for k, v in params.items()}
-    draws = None
-    if episodes is not None:
-        batches = read_episodes(Path(cfg.eval.episodes_file), episodes, sampler, dataset, cfg.eval.meta_batch)
+    generator = task_generator(cfg.seed, cfg.eval.split, device)
+    if hasattr(sampler, "act_with"):
+        scores, losses, extra = adaptation_scores(cfg, sampler, algorithm, params, generator)
     else:
-        if cfg.eval.save_episodes and not hasattr(sampler, "draw"):
-            raise MetaexpError("eval.save_episodes works for classification episodes only.")
-        draws = [] if cfg.eval.save_episodes else None
-        batches = sampled_batches(
-            sampler, cfg.eval.episodes, cfg.eval.meta_batch, task_generator(cfg.seed, cfg.eval.split, device), draws
-        )
-    losses, scores = evaluate_batches(algorithm, params, batches)
-    if draws is not None:
-        write_episodes(Path(cfg.eval.save_episodes), draws, sampler.shots, cfg.eval.split)
+        scores, losses, extra = episode_scores(cfg, sampler, dataset, algorithm, params, episodes, generator)
     metric = sampler.objective.metric
     mean, ci95 = mean_ci95(scores.tolist())
+    curve = extra.get("by_inner_step", [])
     settings = {
         "split": cfg.eval.split,
         "seed": cfg.seed,
@@ -136,10 +131,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         "mean": mean,
         "ci95": ci95,
         "episodes": len(scores),
-        "loss": losses.mean().item(),
+        "loss": losses.mean().item() if losses is not None else None,
         "checkpoint": str(path),
         "step": state["step"],
         "settings": settings,
+        **extra,
     }
     output = Path(cfg.eval.output) if cfg.eval.output else run_dir_of(path) / report_name(settings)
     write_report(output, report)
@@ -148,6 +144,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
             f"metaexp eval ({cfg.eval.split})",
             {
                 metric: f"{mean:.4f} ± {ci95:.4f} (95% CI)",
+                **{f"{metric} after {r['steps']} steps": f"{r['mean']:.4f} ± {r['ci95']:.4f}" for r in curve},
                 "episodes": len(scores),
                 "checkpoint": str(path),
                 "step": state["step"],
@@ -156,6 +153,34 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         )
     )
     return mean
+
+
+def episode_scores(cfg, sampler, dataset, algorithm, params: dict, episodes, generator) -> tuple:
+    """(scores, losses, {}) over the test episodes: sampled, or read from an episode file (and saved to one)."""
+    draws = None
+    if episodes is not None:
+        batches = read_episodes(Path(cfg.eval.episodes_file), episodes, sampler, dataset, cfg.eval.meta_batch)
+    else:
+        if cfg.eval.save_episodes and not hasattr(sampler, "draw"):
+            raise MetaexpError("eval.save_episodes works for classification episodes only.")
+        draws = [] if cfg.eval.save_episodes else None
+        batches = sampled_batches(sampler, cfg.eval.episodes, cfg.eval.meta_batch, generator, draws)
+    losses, scores = evaluate_batches(algorithm, params, batches)
+    if draws is not None:
+        write_episodes(Path(cfg.eval.save_episodes), draws, sampler.shots, cfg.eval.split)
+    return scores, losses, {}
+
+
+def adaptation_scores(cfg, sampler, algorithm, params: dict, generator) -> tuple:
+    """(returns after the algorithm's test inner steps, None, {"by_inner_step": [...]}) of a policy on
+    `eval.episodes` held-out tasks: the curve of returns after 0..curve_steps policy-gradient steps."""
+    if cfg.eval.episodes_file or cfg.eval.save_episodes:
+        raise MetaexpError("eval.episodes_file and eval.save_episodes are for classification episodes only.")
+    sampler.act_with(algorithm, params, algorithm.eval_inner_steps)
+    curve = sampler.adaptation_curve(cfg.eval.episodes, cfg.eval.meta_batch, generator).float().cpu()
+    steps = min(algorithm.eval_inner_steps, len(curve) - 1)
+    by_step = [dict(zip(("steps", "mean", "ci95"), (k, *mean_ci95(row.tolist())))) for k, row in enumerate(curve)]
+    return curve[steps], None, {"by_inner_step": by_step}
 
 
 def checked_params(expected: dict, saved: dict, path: Path) -> dict:

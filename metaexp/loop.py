@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from metaexp import __version__, checkpoint, distributed, rundir
+from metaexp import __version__, checkpoint, distributed, rundir, trpo
 from metaexp.components import build, build_algorithm, build_sampler, resolve_device
 from metaexp.engine import MetaStep
 from metaexp.errors import MetaexpError
@@ -157,8 +157,12 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
     train_sampler = build_sampler(cfg, dataset, "train", device)
     algorithm = build_algorithm(cfg, train_sampler)
     params = {k: v.to(device).requires_grad_() for k, v in algorithm.init_params().items()}
+    val_sampler = build_sampler(cfg, dataset, "val", device)
+    act(train_sampler, val_sampler, algorithm=algorithm, params=params)
     capturable = {"capturable": True} if cfg.trainer.cuda_graph else {}
     optimizer = build(cfg.optim, "optimizer", params=list(params.values()), **capturable)
+    if getattr(optimizer, "needs_divergence", False):
+        trpo.check_fits(algorithm)
     scheduler = build(cfg.scheduler, "scheduler", optimizer=optimizer) if cfg.get("scheduler") else None
     if scheduler is not None and cfg.trainer.cuda_graph:
         raise MetaexpError(
@@ -171,9 +175,16 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
         optimizer=optimizer,
         scheduler=scheduler,
         train_sampler=train_sampler,
-        val_sampler=build_sampler(cfg, dataset, "val", device),
+        val_sampler=val_sampler,
         generator=task_generator(cfg.seed, "train", device, distributed.rank()),
     )
+
+
+def act(train_sampler, val_sampler, *, algorithm, params: dict) -> None:
+    """Samplers that act (rollouts of a policy) run the live parameters, adapted as in training or validation."""
+    if hasattr(train_sampler, "act_with"):
+        train_sampler.act_with(algorithm, params, algorithm.inner_steps)
+        val_sampler.act_with(algorithm, params, algorithm.eval_inner_steps)
 
 
 def loop(cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clock, run_dir: Path, device) -> dict:
@@ -356,6 +367,8 @@ def describe_setting(cfg: DictConfig) -> str:
     sampler, algorithm = cfg.sampler, cfg.algorithm
     if "ways" in sampler:
         tasks = f"{sampler.ways}-way {sampler.shots}-shot, {sampler.queries} queries per class"
+    elif "trajectories" in sampler:
+        tasks = f"{sampler.trajectories} trajectories per task before and after adaptation"
     else:
         tasks = f"{sampler.shots}-shot regression, {sampler.queries} query points"
     inner = f", inner rate {algorithm.inner_lr} x {algorithm.inner_steps} steps" if "inner_lr" in algorithm else ""

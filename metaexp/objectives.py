@@ -12,13 +12,14 @@ class Objective:
     A plain class, not a dataclass: Hydra would turn a dataclass argument of `instantiate` into a config.
     """
 
-    def __init__(self, metric: str, higher_is_better: bool, loss: Callable, score: Callable):
+    def __init__(self, metric: str, higher_is_better: bool, loss: Callable, score: Callable, task: str = ""):
         self.metric, self.higher_is_better, self.loss, self.score = metric, higher_is_better, loss, score
+        self.task = task or f"{metric} regression"
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(-1) == labels).to(logits.dtype).mean()
 
 
-CLASSIFICATION = Objective("accuracy", True, F.cross_entropy, accuracy)
+CLASSIFICATION = Objective("accuracy", True, F.cross_entropy, accuracy, task="classification")
 REGRESSION = Objective("mse", False, F.mse_loss, F.mse_loss)

@@ -34,6 +34,7 @@ class RegressionSampler:
     """Draws `shots` support and `queries` query points per task from a regression task family."""
 
     objective = REGRESSION
+    outputs = 1
 
     def __init__(self, data, shots: int = 10, queries: int = 10, device="cpu"):
         at_least_one(shots=shots, queries=queries)
@@ -57,6 +58,7 @@ class EpisodeSampler:
         at_least_one(ways=ways, shots=shots, queries=queries)
         rotations = data.rotations if rotations is None else rotations
         self.ways, self.shots, self.queries, self.rotations = ways, shots, queries, rotations
+        self.outputs = ways
         self.device = torch.device(device)
         if len(data.class_offsets) < 2:
             raise MetaexpError(

@@ -45,6 +45,8 @@ class Algorithm:
     changes_during_training = False
     # Inner steps at evaluation (from test.inner_steps); None for the methods without an inner loop.
     eval_inner_steps = None
+    # True where `adapted_weights` can adapt a policy to trajectories (reinforcement-learning task families).
+    adapts_policies = False
 
     def __init__(self, model: nn.Module, objective: Objective):
         self.model, self.objective = model, objective
@@ -69,9 +71,9 @@ class Algorithm:
         """Refuse tasks this algorithm cannot learn (a class-level check: the CLI runs it before building)."""
         if cls.classification_only and objective is not CLASSIFICATION:
             raise MetaexpError(
-                f"{cls.__name__} classifies by comparing embeddings and cannot learn {objective.metric} regression "
-                f"tasks. Pick a gradient-based algorithm (maml, metasgd, reptile) for regression, or a "
-                f"classification data set (dataset=omniglot, dataset=image_folder, ...) for {cls.__name__}."
+                f"{cls.__name__} classifies by comparing embeddings and cannot learn {objective.task} tasks. Pick a "
+                f"gradient-based algorithm (maml, metasgd) for them, or a classification data set "
+                f"(dataset=omniglot, dataset=image_folder, ...) for {cls.__name__}."
             )
 
     def init_params(self) -> dict:
@@ -91,6 +93,17 @@ class Algorithm:
         task = partial(self.task_loss, step=step)
         outer_losses, losses, scores = vmap(task, in_dims=(None, 0, 0, 0, 0), chunk_size=chunk)(params, *batch)
         return outer_losses.mean(), losses.detach(), scores.detach()
+
+    def meta_divergence(self, params: dict, batch: TaskBatch, step: int, chunk: int | None = None):
+        """The mean over the meta-batch of `task_divergence`: the constraint of a trust-region meta-optimizer."""
+        task = partial(self.task_divergence, step=step)
+        return vmap(task, in_dims=(None, 0, 0, 0, 0), chunk_size=chunk)(params, *batch).mean()
+
+    def task_divergence(self, params, support_x, support_y, query_x, query_y, step):
+        raise MetaexpError(
+            f"optim=trpo bounds the change of the adapted policy, which {type(self).__name__} does not define. "
+            f"Use algorithm=maml or metasgd with it, or optim=adam."
+        )
 
     def evaluate(self, params: dict, batch: TaskBatch):
         """Per-task query losses and scores after adaptation with the evaluation settings."""

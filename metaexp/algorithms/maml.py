@@ -10,6 +10,8 @@ from metaexp.backbones import predict
 
 
 class MAML(Algorithm):
+    adapts_policies = True
+
     def __init__(
         self,
         model,
@@ -57,19 +59,31 @@ class MAML(Algorithm):
         """Predictions with the adapted weights `fast`."""
         return predict(self.model, fast, x)
 
-    def inner_loop(self, params: dict, support_x, support_y, steps: int, first_order: bool = False):
-        """The adapted weights after each of `steps` inner steps on the support set."""
+    def inner_loop(self, params: dict, support_x, support_y, steps: int, first_order: bool = False, scale=1.0):
+        """The adapted weights after each of `steps` inner steps on the support set (rates times `scale`)."""
 
         def support_loss(fast):
             return self.objective.loss(self.forward(fast, support_x), support_y)
 
-        return sgd(support_loss, self.adapted(params), partial(self.inner_rate, params), steps, first_order)
+        def rate(name, i):
+            return scale * self.inner_rate(params, name, i)
+
+        return sgd(support_loss, self.adapted(params), rate, steps, first_order)
+
+    def adapted_weights(self, params: dict, support_x, support_y, steps: int, scale=1.0) -> dict:
+        """Every model weight after `steps` inner steps (for a rollout sampler: the adapted policy)."""
+        fast = self.adapted(params)
+        for fast in self.inner_loop(params, support_x, support_y, steps, scale=scale):
+            pass
+        return {**self.model_params(params), **fast}
 
     def adapt(self, params: dict, support_x, support_y):
-        fast = self.adapted(params)
-        for fast in self.inner_loop(params, support_x, support_y, self.eval_inner_steps):
-            pass
-        return partial(self.forward, fast)
+        return partial(self.forward, self.adapted_weights(params, support_x, support_y, self.eval_inner_steps))
+
+    def task_divergence(self, params, support_x, support_y, query_x, query_y, step):
+        """The divergence between the query set's sampling policy and the policy adapted now (TRPO's bound)."""
+        fast = self.adapted_weights(params, support_x, support_y, self.inner_steps)
+        return self.objective.divergence(self.forward(fast, query_x), query_y)
 
     def task_loss(self, params, support_x, support_y, query_x, query_y, step):
         first_order = self.first_order or (step is not None and step < self.first_order_until)

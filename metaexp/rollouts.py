@@ -1,0 +1,207 @@
+"""Meta-reinforcement learning on the classifiers' data path: a task is a goal, its support set the trajectories
+of the policy before adaptation, its query set those of the adapted policy. Both are handed to the algorithm
+as a TaskBatch of observations `[B, K*T, obs]` and packed targets `[B, K*T, F]` (action, advantage, mask,
+reward, the sampling policy's mean and log-std), so MAML's vmapped inner loop runs unchanged on a
+policy-gradient objective.
+
+Loss normalisation (it sets what the inner step size means): log-probabilities summed over action dimensions,
+the importance-weighted advantage averaged over the valid time steps of all K trajectories of the task.
+Advantages: GAE(gamma, lambda) on a linear baseline fitted per task (Duan et al. 2016), normalised per task.
+"""
+
+import math
+
+import torch
+from torch.func import vmap
+
+from metaexp.backbones import predict
+from metaexp.errors import MetaexpError
+from metaexp.objectives import Objective
+from metaexp.samplers import TaskBatch, at_least_one
+
+
+class PolicyGradient(Objective):
+    """The objective of a Gaussian policy's task: `loss` the surrogate -mean(ratio * advantage) (its gradient at
+    the sampling policy is REINFORCE's), `score` the mean return per trajectory, `divergence` the mean
+    KL(sampling policy || policy) that TRPO bounds."""
+
+    def __init__(self, horizon: int, action_size: int):
+        super().__init__("return", True, self.surrogate, self.mean_return, task="reinforcement-learning")
+        self.horizon, self.action_size = horizon, action_size
+
+    def unpack(self, y: torch.Tensor) -> tuple:
+        """(actions, advantages, masks, rewards, sampling mean, sampling log-std) of packed targets `[..., F]`."""
+        a = self.action_size
+        return y[..., :a], y[..., a], y[..., a + 1], y[..., a + 2], y[..., a + 3 : 2 * a + 3], y[..., 2 * a + 3 :]
+
+    def pack(self, actions, advantages, masks, rewards, mean, log_std) -> torch.Tensor:
+        return torch.cat([actions, advantages[..., None], masks[..., None], rewards[..., None], mean, log_std], -1)
+
+    def surrogate(self, prediction: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        actions, advantages, masks, _, old_mean, old_log_std = self.unpack(y)
+        mean, log_std = prediction.chunk(2, -1)
+        ratio = torch.exp(log_prob(actions, mean, log_std) - log_prob(actions, old_mean, old_log_std))
+        return -(ratio * advantages * masks).sum() / masks.sum().clamp_min(1.0)
+
+    def mean_return(self, prediction: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _, _, masks, rewards, _, _ = self.unpack(y)
+        return (rewards * masks).sum() / (masks.shape[-1] // self.horizon)
+
+    def divergence(self, prediction: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _, _, masks, _, old_mean, old_log_std = self.unpack(y)
+        mean, log_std = prediction.chunk(2, -1)
+        kl = (
+            log_std
+            - old_log_std
+            + (torch.exp(2 * old_log_std) + (old_mean - mean) ** 2) / (2 * torch.exp(2 * log_std))
+            - 0.5
+        ).sum(-1)
+        return (kl * masks).sum() / masks.sum().clamp_min(1.0)
+
+
+def log_prob(actions, mean, log_std) -> torch.Tensor:
+    """Log-density of a diagonal Gaussian, summed over the action dimensions."""
+    return (-((actions - mean) ** 2) / (2 * torch.exp(2 * log_std)) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def baseline_features(observations: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Duan et al. (2016)'s linear-baseline features of `[..., T, obs]` observations: the observation, its
+    square, time t/100 and its square and cube, and a constant; zero on the steps after an episode ended."""
+    time = torch.arange(observations.shape[-2], device=observations.device, dtype=observations.dtype) / 100.0
+    time = time.view(-1, 1).expand(*observations.shape[:-1], 1)
+    clipped = observations.clamp(-10, 10)
+    features = torch.cat([clipped, clipped**2, time, time**2, time**3, torch.ones_like(time)], -1)
+    return features * masks.unsqueeze(-1)
+
+
+def fit_baseline(features: torch.Tensor, returns: torch.Tensor, ridge: float = 1e-5) -> torch.Tensor:
+    """Per-task least squares: `features` `[B, n, f]`, `returns` `[B, n]` -> weights `[B, f]`; a small ridge term
+    keeps the system solvable when a feature is constant (rllab's LinearFeatureBaseline does the same)."""
+    gram = features.transpose(-1, -2) @ features
+    eye = torch.eye(features.shape[-1], device=features.device, dtype=features.dtype)
+    return torch.linalg.solve(gram + ridge * eye, (features.transpose(-1, -2) @ returns.unsqueeze(-1))).squeeze(-1)
+
+
+def discounted(values: torch.Tensor, masks: torch.Tensor, factor: float) -> torch.Tensor:
+    """sum_k factor^k values[t+k] over the time axis (the last), stopping where `masks` is 0."""
+    out, running = torch.zeros_like(values), torch.zeros_like(values[..., 0])
+    for t in reversed(range(values.shape[-1])):
+        running = values[..., t] + factor * running * masks[..., t]
+        out[..., t] = running
+    return out
+
+
+def advantages(observations, rewards, masks, gamma: float, gae_lambda: float) -> torch.Tensor:
+    """GAE(gamma, lambda) of `[B, K, T]` rewards on a linear baseline fitted to each task's discounted returns,
+    then normalised per task over its valid steps."""
+    b, k, t = rewards.shape
+    returns = discounted(rewards, masks, gamma)
+    features = baseline_features(observations, masks)
+    weights = fit_baseline(features.flatten(1, 2), (returns * masks).flatten(1, 2))
+    values = (features @ weights.view(b, 1, -1, 1)).squeeze(-1) * masks
+    following = torch.cat([values[..., 1:], torch.zeros_like(values[..., :1])], -1)
+    next_masks = torch.cat([masks[..., 1:], torch.zeros_like(masks[..., :1])], -1)
+    deltas = (rewards + gamma * following * next_masks - values) * masks
+    gae = discounted(deltas, masks, gamma * gae_lambda)
+    count = masks.sum((1, 2), keepdim=True).clamp_min(1.0)
+    mean = (gae * masks).sum((1, 2), keepdim=True) / count
+    std = (((gae - mean) ** 2 * masks).sum((1, 2), keepdim=True) / count).sqrt()
+    return (gae - mean) / (std + 1e-8) * masks
+
+
+class RolloutSampler:
+    """Tasks of an RL task family with `trajectories` (K) episodes each: the support set sampled with the
+    current policy, the query set with the policy the algorithm adapted to the support set (`act_with` gives
+    the sampler the algorithm and its live parameters). `curve_steps` and `later_rate` set the test protocol
+    of `adaptation_curve`."""
+
+    def __init__(
+        self,
+        data,
+        trajectories: int = 20,
+        gamma: float = 0.99,
+        gae_lambda: float = 1.0,
+        curve_steps: int = 3,
+        later_rate: float = 0.5,
+        device="cpu",
+    ):
+        at_least_one(trajectories=trajectories, curve_steps=curve_steps)
+        self.env, self.trajectories, self.gamma, self.gae_lambda = data, trajectories, gamma, gae_lambda
+        self.curve_steps, self.later_rate = curve_steps, later_rate
+        self.device = torch.device(device)
+        self.objective = PolicyGradient(data.horizon, data.action_size)
+        self.outputs = data.action_size
+        self.algorithm = self.params = None
+
+    def act_with(self, algorithm, params: dict, inner_steps: int) -> None:
+        if algorithm.model.in_features != self.env.observation_size:
+            raise MetaexpError(
+                f"The policy reads {algorithm.model.in_features} inputs but {type(self.env).__name__} observes "
+                f"{self.env.observation_size} numbers per step. Set backbone.in_features={self.env.observation_size}."
+            )
+        if not algorithm.adapts_policies:
+            raise MetaexpError(
+                f"{type(algorithm).__name__} cannot adapt a policy from trajectories. Use algorithm=maml, "
+                f"fomaml or metasgd for reinforcement-learning task families."
+            )
+        self.algorithm, self.params, self.inner_steps = algorithm, params, inner_steps
+
+    def tasks(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """`count` tasks of the family, in the policy's precision."""
+        dtype = next(iter(self.params.values())).dtype
+        return self.env.sample_tasks(count, generator, self.device).to(dtype)
+
+    def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
+        goals = self.tasks(meta_batch, generator)
+        with torch.no_grad():
+            weights = self.algorithm.model_params(self.params)
+            support = self.episodes(goals, weights, generator, shared=True)
+            fast = vmap(self.algorithm.adapted_weights, in_dims=(None, 0, 0, None))(
+                self.params, *support, self.inner_steps
+            )
+            query = self.episodes(goals, fast, generator, shared=False)
+        return TaskBatch(*support, *query)
+
+    def episodes(self, goals, weights: dict, generator, shared: bool, trajectories: int | None = None) -> tuple:
+        """Observations `[B, K*T, obs]` and packed targets `[B, K*T, F]` of K episodes per task; `weights` are
+        one policy for all tasks (`shared`) or one per task."""
+        policy = vmap(lambda w, o: predict(self.algorithm.model, w, o), in_dims=(None if shared else 0, 0))
+        k = trajectories or self.trajectories
+        state = self.env.reset(goals, k)
+        alive = torch.ones(state.shape[:2], dtype=torch.bool, device=self.device)
+        steps = []
+        for _ in range(self.env.horizon):
+            observation = self.env.observe(state, goals)
+            mean, log_std = policy(weights, observation).chunk(2, -1)
+            noise = torch.randn(mean.shape, generator=generator, device=self.device, dtype=mean.dtype)
+            action = mean + log_std.exp() * noise
+            following, reward, done = self.env.step(state, action, goals)
+            steps.append((observation, action, reward, alive.to(reward.dtype), mean, log_std))
+            state = torch.where(alive.unsqueeze(-1), following, state)
+            alive = alive & ~done
+        observations, actions, rewards, masks, means, log_stds = (torch.stack(s, 2) for s in zip(*steps))
+        advantage = advantages(observations, rewards * masks, masks, self.gamma, self.gae_lambda)
+        y = self.objective.pack(actions, advantage, masks, rewards, means, log_stds)
+        return observations.flatten(1, 2), y.flatten(1, 2)
+
+    def adaptation_curve(self, tasks: int, meta_batch: int, generator) -> torch.Tensor:
+        """Mean return per task `[curve_steps + 1, tasks]` after 0..`curve_steps` policy-gradient steps, each on
+        fresh trajectories of the policy so far (Finn et al. 2017, figure 4); the steps after the first take
+        `later_rate` times the algorithm's inner rate (the paper: 0.1, then 0.05)."""
+        steps = self.curve_steps
+        curves = []
+        for start in range(0, tasks, meta_batch):
+            goals = self.tasks(min(meta_batch, tasks - start), generator)
+            params = {k: v.expand(len(goals), *v.shape) for k, v in self.params.items()}
+            returns = []
+            for step in range(steps + 1):
+                with torch.no_grad():
+                    weights = self.algorithm.model_params(params)
+                    x, y = self.episodes(goals, weights, generator, shared=False)
+                    returns.append(vmap(self.objective.mean_return)(x, y))
+                if step < steps:
+                    scale = 1.0 if step == 0 else self.later_rate
+                    fast = vmap(self.algorithm.adapted_weights, in_dims=(0, 0, 0, None, None))(params, x, y, 1, scale)
+                    params = {**params, **{k: v.detach() for k, v in fast.items()}}
+            curves.append(torch.stack(returns))
+        return torch.cat(curves, 1)

@@ -1,0 +1,203 @@
+"""Meta-RL on 2D navigation: the torch environment against a step-by-step computation, the linear baseline
+against torch.linalg.lstsq, the vmapped policy-gradient inner step against a per-task loop in float64, the TRPO
+step on a fixed batch, resume, evaluation's adaptation curve and the refusals of mismatched components."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import only_report, run_cli
+from metaexp.algorithms.maml import MAML
+from metaexp.backbones import predict
+from metaexp.backbones.gaussian_policy import GaussianPolicy
+from metaexp.datasets.navigation2d import Navigation2D
+from metaexp.rollouts import RolloutSampler, baseline_features, fit_baseline, log_prob
+from metaexp.trpo import TRPO
+
+# A short schedule: 2 goals x 3 trajectories of 15 steps, 4 meta-iterations.
+SMALL = [
+    "experiment=maml_navigation2d",
+    "trainer.device=cpu",
+    "trainer.steps=4",
+    "trainer.meta_batch=2",
+    "trainer.log_every=1",
+    "trainer.val_every=2",
+    "trainer.val_tasks=2",
+    "sampler.trajectories=3",
+    "dataset.horizon=15",
+]
+
+
+def test_navigation_steps_match_a_direct_computation():
+    env = Navigation2D()
+    goals = torch.tensor([[0.3, -0.2], [0.0, 0.0405]])
+    state = env.reset(goals, 2)
+    actions = torch.tensor([[[2.0, -0.5], [0.3, 0.0]], [[0.0, 0.4], [-1.0, 7.0]]])
+    following, reward, done = env.step(state, actions, goals)
+    for task in range(2):
+        for k in range(2):
+            position = [0.0, 0.0]
+            for axis in range(2):
+                velocity = min(max(0.1 * float(actions[task, k, axis]), -0.1), 0.1)
+                position[axis] += velocity
+            distance = math.dist(position, goals[task].tolist())
+            assert following[task, k].tolist() == pytest.approx(position, abs=1e-6)
+            assert float(reward[task, k]) == pytest.approx(-distance, abs=1e-6)
+            assert bool(done[task, k]) == (distance < 0.01)
+    assert done.tolist() == [[False, False], [True, False]]  # (0, 0.04) is 0.0005 from its goal
+
+
+def test_finished_episodes_are_masked_and_stay_put():
+    env = Navigation2D(horizon=6)
+    model = GaussianPolicy(log_std=-20.0)  # deterministic: the mean action
+    sampler = RolloutSampler(env, trajectories=1)
+    algorithm = MAML(model, sampler.objective, inner_lr=0.1)
+    params = {k: torch.zeros_like(v) for k, v in algorithm.init_params().items()}
+    params["head.bias"] = torch.tensor([1.0, 0.0])  # 0.1 right per step
+    params["log_std"] = torch.full((2,), -20.0)
+    sampler.act_with(algorithm, params, 1)
+    goals = torch.tensor([[0.2, 0.0]])
+    x, y = sampler.episodes(goals, algorithm.model_params(params), torch.Generator(), shared=True)
+    _, _, masks, rewards, _, _ = sampler.objective.unpack(y)
+    assert masks[0].tolist() == [1, 1, 0, 0, 0, 0]  # done at step 2, within 0.01 of (0.2, 0)
+    assert x[0, 2:, 0].tolist() == pytest.approx([0.2] * 4)
+    assert float((rewards * masks).sum()) == pytest.approx(-0.1)
+
+
+def test_linear_baseline_is_the_least_squares_fit():
+    g = torch.Generator().manual_seed(0)
+    observations = torch.randn(3, 4, 10, 2, generator=g, dtype=torch.float64)
+    masks = torch.ones(3, 4, 10, dtype=torch.float64)
+    masks[1, 2, 6:] = 0
+    features = baseline_features(observations, masks).flatten(1, 2)
+    returns = torch.randn(3, 40, generator=g, dtype=torch.float64) * masks.flatten(1)
+    weights = fit_baseline(features, returns, ridge=0.0)
+    for task in range(3):
+        expected = torch.linalg.lstsq(features[task], returns[task].unsqueeze(-1)).solution.squeeze(-1)
+        torch.testing.assert_close(features[task] @ weights[task], features[task] @ expected, rtol=1e-8, atol=1e-8)
+
+
+def sampled(seed=0, tasks=3, dtype=torch.float64):
+    torch.manual_seed(seed)
+    model = GaussianPolicy(hidden=(16, 16)).to(dtype)
+    sampler = RolloutSampler(Navigation2D(horizon=12), trajectories=4)
+    algorithm = MAML(model, sampler.objective, inner_lr=0.1)
+    params = {k: v.to(dtype).requires_grad_() for k, v in algorithm.init_params().items()}
+    sampler.act_with(algorithm, params, 1)
+    return algorithm, params, sampler.sample(tasks, torch.Generator().manual_seed(seed))
+
+
+def test_vmapped_policy_gradient_step_equals_a_per_task_loop():
+    algorithm, params, batch = sampled()
+    loss, _, _ = algorithm.meta_loss(params, batch)
+    grads = torch.autograd.grad(loss, list(params.values()))
+    reference = 0.0
+    for task in range(len(batch)):
+        actions, advantages, masks, _, mean0, log_std0 = algorithm.objective.unpack(batch.support_y[task])
+        mean, log_std = predict(algorithm.model, params, batch.support_x[task]).chunk(2, -1)
+        support = -(torch.exp(log_prob(actions, mean, log_std) - log_prob(actions, mean0, log_std0)) * advantages)
+        support = (support * masks).sum() / masks.sum()
+        inner = torch.autograd.grad(support, list(params.values()), create_graph=True)
+        fast = {k: w - 0.1 * g for (k, w), g in zip(params.items(), inner)}
+        actions, advantages, masks, _, mean0, log_std0 = algorithm.objective.unpack(batch.query_y[task])
+        mean, log_std = predict(algorithm.model, fast, batch.query_x[task]).chunk(2, -1)
+        ratio = torch.exp(log_prob(actions, mean, log_std) - log_prob(actions, mean0, log_std0))
+        reference = reference + -(ratio * advantages * masks).sum() / masks.sum() / len(batch)
+    expected = torch.autograd.grad(reference, list(params.values()))
+    torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12)
+    for name, got, want in zip(params, grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_query_set_was_sampled_by_the_adapted_policy():
+    algorithm, params, batch = sampled()
+    for task in range(len(batch)):
+        fast = algorithm.adapted_weights(params, batch.support_x[task], batch.support_y[task], 1)
+        mean, log_std = predict(algorithm.model, fast, batch.query_x[task]).chunk(2, -1)
+        _, _, _, _, mean0, log_std0 = algorithm.objective.unpack(batch.query_y[task])
+        torch.testing.assert_close(mean, mean0)
+        torch.testing.assert_close(log_std, log_std0)
+    assert float(algorithm.meta_divergence(params, batch, 0).detach()) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_trpo_step_keeps_the_kl_bound_and_improves_the_surrogate(seed):
+    algorithm, params, batch = sampled(seed, tasks=4)
+    optimizer = TRPO(list(params.values()), max_kl=0.01)
+    before = {k: v.detach().clone() for k, v in params.items()}
+
+    def objectives():
+        return algorithm.meta_loss(params, batch, 0)[0], algorithm.meta_divergence(params, batch, 0)
+
+    with torch.no_grad():
+        start_loss = float(algorithm.meta_loss(params, batch, 0)[0])
+    fraction = optimizer.step(objectives)
+    with torch.no_grad():
+        loss, divergence = (float(v) for v in objectives())
+    assert fraction > 0
+    assert any(not torch.equal(before[k], params[k]) for k in params)
+    assert divergence <= 0.01
+    assert loss < start_loss
+
+
+def test_interrupted_and_resumed_run_ends_with_the_straight_runs_weights(tmp_path):
+    straight = run_cli("train", *SMALL, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+    first = run_cli("train", *SMALL, "trainer.steps=2", f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = run_cli("train", *SMALL, "trainer.resume=auto", f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=False)["params"]
+    b = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=False)["params"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["return"]) for r in rows)
+
+    evaluated = run_cli(
+        "eval",
+        f"checkpoint={tmp_path / 'resumed'}",
+        "eval.episodes=6",
+        "eval.meta_batch=4",
+        "trainer.device=cpu",
+        "sampler.trajectories=2",
+        cwd=tmp_path,
+    )
+    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    report = only_report(tmp_path / "resumed")
+    assert report["metric"] == "return" and report["episodes"] == 6
+    assert [r["steps"] for r in report["by_inner_step"]] == [0, 1, 2, 3]
+    assert report["mean"] == report["by_inner_step"][1]["mean"]
+    assert all(r["mean"] < 0 and r["ci95"] >= 0 for r in report["by_inner_step"])
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ([*SMALL, "algorithm=protonet"], "cannot learn reinforcement-learning tasks"),
+        ([*SMALL, "backbone=conv4"], "Use backbone=gaussian_policy"),
+        ([*SMALL, "dataset.oracle=true"], "Set backbone.in_features=4"),
+        ([*SMALL, "algorithm=anil"], "cannot adapt a policy"),
+        (["dataset=sinusoid", "backbone=gaussian_policy"], "backbone=GaussianPolicy is a policy for reinforcement"),
+        (["dataset=sinusoid", "optim=trpo", "trainer.device=cpu"], "optim=trpo bounds how far a policy moves"),
+    ],
+)
+def test_mismatched_components_are_refused_in_one_paragraph(tmp_path, args, expected):
+    result = run_cli("train", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert expected in " ".join(result.stdout.split()), result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_trpo_refuses_an_algorithm_without_a_divergence():
+    from metaexp.algorithms.reptile import Reptile
+    from metaexp.errors import MetaexpError
+    from metaexp.trpo import check_fits
+
+    sampler = RolloutSampler(Navigation2D(), trajectories=2)
+    with pytest.raises(MetaexpError, match="optim=trpo bounds the change of the adapted policy"):
+        check_fits(Reptile(GaussianPolicy(), sampler.objective))
+    check_fits(MAML(GaussianPolicy(), sampler.objective))
