@@ -250,6 +250,7 @@ def loop(cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clo
                 metric: score,
                 "tasks_per_sec": clock.lap(done_tasks),
                 "elapsed_s": clock.elapsed(),
+                **drain(run.train_sampler),
             }
             write(sinks, last["train"])
             last["rates"].append(last["train"]["tasks_per_sec"])
@@ -306,6 +307,12 @@ def validate(cfg: DictConfig, run: Run, step: int, tasks_per_rank: int, device, 
         "tasks_per_sec": None,
         "elapsed_s": clock.elapsed(),
     }
+
+
+def drain(sampler) -> dict:
+    """A sampler's own fields for the train row (rollouts: the return before adaptation, environment steps per
+    second); none for the others."""
+    return sampler.drain() if hasattr(sampler, "drain") else {}
 
 
 def check_value(name: str, value: float, step: int, run_dir: Path, saved_at: int | None) -> None:

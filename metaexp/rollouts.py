@@ -10,6 +10,7 @@ Advantages: GAE(gamma, lambda) on a linear baseline fitted per task (Duan et al.
 """
 
 import math
+import time
 
 import torch
 from torch.func import vmap
@@ -132,6 +133,20 @@ class RolloutSampler:
         self.objective = PolicyGradient(data.horizon, data.action_size)
         self.outputs = data.action_size
         self.algorithm = self.params = None
+        self.reset_tally()
+
+    def reset_tally(self) -> None:
+        self.returns_before, self.tasks_sampled, self.env_steps, self.seconds = 0.0, 0, 0, 0.0
+
+    def drain(self) -> dict:
+        """The train row's own fields since the last call: mean return before adaptation and environment steps
+        (policy and simulator, support and query trajectories) per second of sampling."""
+        row = {
+            "return_before_adaptation": float(self.returns_before) / max(self.tasks_sampled, 1),
+            "env_steps_per_sec": self.env_steps / max(self.seconds, 1e-9),
+        }
+        self.reset_tally()
+        return row
 
     def act_with(self, algorithm, params: dict, inner_steps: int) -> None:
         if algorithm.model.in_features != self.env.observation_size:
@@ -152,6 +167,7 @@ class RolloutSampler:
         return self.env.sample_tasks(count, generator, self.device).to(dtype)
 
     def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
+        start = time.perf_counter()
         goals = self.tasks(meta_batch, generator)
         with torch.no_grad():
             weights = self.algorithm.model_params(self.params)
@@ -160,6 +176,12 @@ class RolloutSampler:
                 self.params, *support, self.inner_steps
             )
             query = self.episodes(goals, fast, generator, shared=False)
+            self.returns_before += vmap(self.objective.mean_return)(*support).sum()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.tasks_sampled += meta_batch
+        self.env_steps += 2 * meta_batch * self.trajectories * self.env.horizon
+        self.seconds += time.perf_counter() - start
         return TaskBatch(*support, *query)
 
     def episodes(self, goals, weights: dict, generator, shared: bool, trajectories: int | None = None) -> tuple:

@@ -155,6 +155,8 @@ def test_interrupted_and_resumed_run_ends_with_the_straight_runs_weights(tmp_pat
     rows = [json.loads(line) for line in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]
     assert all(math.isfinite(r["return"]) for r in rows)
+    train = [r for r in rows if r["split"] == "train"]
+    assert all(r["return_before_adaptation"] < 0 and r["env_steps_per_sec"] > 0 for r in train)
 
     evaluated = run_cli(
         "eval",
