@@ -8,7 +8,7 @@ PINS   := -c constraints.txt
 RUN    := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: help install install-dev train test lint bench wheel-check results clean
+.PHONY: help install install-dev peer-rl train test lint bench wheel-check results clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -19,7 +19,7 @@ $(RUN): pyproject.toml constraints.txt Makefile
 	@test -n "$(PYTHON)" || { echo "make: no Python >= 3.11 on PATH; install one, or run make PYTHON=/path/to/python3.11"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip $(PINS) setuptools wheel
-	$(PIP) install -q $(PINS) -e '.[sweeps,cluster,logging,wandb,mlflow]'
+	$(PIP) install -q $(PINS) -e '.[sweeps,cluster,logging,wandb,mlflow,rl]'
 	touch $(RUN)
 
 install-dev: $(DEV)  ## install, plus pytest, ruff and the learn2learn peer the tests and benchmarks compare against
@@ -48,6 +48,17 @@ bench: install-dev  ## engine and sampling benchmarks against learn2learn, MetaN
 	$(PY) benchmarks/bench_engine.py --compile --configs a
 	$(PY) benchmarks/bench_sampling.py --compile
 	$(PY) benchmarks/bench_metanet.py
+	$(PY) benchmarks/bench_rl.py $(if $(wildcard $(L2L_RL)/maml_trpo.py),--l2l-examples $(L2L_RL) --peer-path build/peer-rl)
+
+# learn2learn's RL example runs only with gym 0.23.1 and cherry-rl 0.2.0: they live in their own folder, used by
+# bench_rl.py alone. Its two scripts (examples/rl/maml_trpo.py at commit 6d113f8, and policies.py) go in L2L_RL.
+L2L_RL ?= build/l2l-examples-rl
+L2L_RAW := https://raw.githubusercontent.com/learnables/learn2learn/6d113f84386f13afc548ba2cd99a2a0e02935a23/examples/rl
+peer-rl: install-dev  ## gym 0.23.1 + cherry-rl 0.2.0 in build/peer-rl and learn2learn's RL example, for bench_rl.py
+	$(PIP) install -q --target build/peer-rl --no-deps gym==0.23.1 cherry-rl==0.2.0 dotmap==1.3.30 gym-notices==0.1.0 cloudpickle==3.1.3
+	mkdir -p $(L2L_RL)
+	test -f $(L2L_RL)/maml_trpo.py || curl -fsSL -o $(L2L_RL)/maml_trpo.py $(L2L_RAW)/maml_trpo.py
+	test -f $(L2L_RL)/policies.py || curl -fsSL -o $(L2L_RL)/policies.py $(L2L_RAW)/policies.py
 
 wheel-check: install  ## build the wheel, install it into a clean venv, run every README command outside the checkout
 	bash ci/wheel_check.sh $(PYTHON)

@@ -189,7 +189,7 @@ class RolloutSampler:
         one policy for all tasks (`shared`) or one per task."""
         policy = vmap(lambda w, o: predict(self.algorithm.model, w, o), in_dims=(None if shared else 0, 0))
         k = trajectories or self.trajectories
-        state = self.env.reset(goals, k)
+        state = self.env.reset(goals, k, generator)
         alive = torch.ones(state.shape[:2], dtype=torch.bool, device=self.device)
         steps = []
         for _ in range(self.env.horizon):
@@ -199,7 +199,7 @@ class RolloutSampler:
             action = mean + log_std.exp() * noise
             following, reward, done = self.env.step(state, action, goals)
             steps.append((observation, action, reward, alive.to(reward.dtype), mean, log_std))
-            state = torch.where(alive.unsqueeze(-1), following, state)
+            state = torch.where(alive.unsqueeze(-1).to(state.device), following, state)
             alive = alive & ~done
         observations, actions, rewards, masks, means, log_stds = (torch.stack(s, 2) for s in zip(*steps))
         advantage = advantages(observations, rewards * masks, masks, self.gamma, self.gae_lambda)

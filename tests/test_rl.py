@@ -33,7 +33,7 @@ SMALL = [
 def test_navigation_steps_match_a_direct_computation():
     env = Navigation2D()
     goals = torch.tensor([[0.3, -0.2], [0.0, 0.0405]])
-    state = env.reset(goals, 2)
+    state = env.reset(goals, 2, torch.Generator())
     actions = torch.tensor([[[2.0, -0.5], [0.3, 0.0]], [[0.0, 0.4], [-1.0, 7.0]]])
     following, reward, done = env.step(state, actions, goals)
     for task in range(2):
@@ -203,3 +203,26 @@ def test_trpo_refuses_an_algorithm_without_a_divergence():
     with pytest.raises(MetaexpError, match="optim=trpo bounds the change of the adapted policy"):
         check_fits(Reptile(GaussianPolicy(), sampler.objective))
     check_fits(MAML(GaussianPolicy(), sampler.objective))
+
+
+def test_halfcheetah_steps_match_gymnasium():
+    gymnasium = pytest.importorskip("gymnasium", reason="gymnasium[mujoco] is not installed (make install-dev)")
+    from metaexp.datasets.halfcheetah import HalfCheetah
+
+    env = HalfCheetah(goal="velocity")
+    g = torch.Generator().manual_seed(0)
+    goals = torch.tensor([0.5, 1.5], dtype=torch.float64)
+    state = env.reset(goals, 3, g)
+    actions = torch.randn(2, 3, 6, generator=g, dtype=torch.float64) * 0.7
+    following, reward, done = env.step(state, actions, goals)
+    reference = gymnasium.make("HalfCheetah-v5").unwrapped
+    reference.reset(seed=0)
+    for task in range(2):
+        for k in range(3):
+            qpos, qvel = state[task, k, 1:10].numpy(), state[task, k, 10:19].numpy()
+            reference.set_state(qpos, qvel)
+            observation, _, _, _, info = reference.step(actions[task, k].clamp(-1, 1).numpy())
+            torch.testing.assert_close(env.observe(following, goals)[task, k], torch.from_numpy(observation))
+            cost = 0.05 * float(actions[task, k].clamp(-1, 1).square().sum())
+            assert float(reward[task, k]) == pytest.approx(-abs(info["x_velocity"] - float(goals[task])) - cost)
+    assert not done.any()

@@ -34,8 +34,8 @@ class Navigation2D:
         low, high = self.goals
         return torch.rand(tasks, 2, generator=generator, device=device) * (high - low) + low
 
-    def reset(self, goals: torch.Tensor, trajectories: int) -> torch.Tensor:
-        """Start states `[tasks, trajectories, 2]`: every point at the origin."""
+    def reset(self, goals: torch.Tensor, trajectories: int, generator: torch.Generator) -> torch.Tensor:
+        """Start states `[tasks, trajectories, 2]`: every point at the origin (no randomness)."""
         return goals.new_zeros(len(goals), trajectories, 2)
 
     def observe(self, state: torch.Tensor, goals: torch.Tensor) -> torch.Tensor:
