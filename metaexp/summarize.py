@@ -148,8 +148,8 @@ def read_report(path: Path) -> dict:
 def describe(run: Path) -> list:
     """One record per evaluation of a run (at least one, with the test fields empty)."""
     config, overrides, rows = load_run(run)
-    metric = next((k for r in rows for k in ("accuracy", "mse") if k in r), None)
-    higher = metric == "accuracy"
+    metric = next((k for r in rows for k in ("accuracy", "mse", "return") if k in r), None)
+    higher = metric in ("accuracy", "return")
     val = [r for r in rows if r["split"] == "val" and r.get(metric) is not None]
     laps = [r["tasks_per_sec"] for r in rows if r["split"] == "train" and r.get("tasks_per_sec")]
     steps = max((r["step"] for r in rows), default=0)
@@ -185,28 +185,36 @@ def describe(run: Path) -> list:
     records = []
     for path in evals:
         report = read_report(path)
-        records.append(
-            {
-                **base,
-                "test": setting(report["settings"]["sampler"]),
-                "test_mean": report["mean"],
-                "test_ci95": report["ci95"],
-                "episodes": report["episodes"],
-                "ci": f"95% normal interval over {report['episodes']} episodes",
-            }
-        )
+        # A policy's report holds a curve: one record per number of adaptation steps (`return_1steps`).
+        points = report.get("by_inner_step") or [{"steps": None, "mean": report["mean"], "ci95": report["ci95"]}]
+        for point in points:
+            name = setting(report["settings"]["sampler"])
+            records.append(
+                {
+                    **base,
+                    "test": name if point["steps"] is None else f"{metric}_{point['steps']}steps",
+                    "test_mean": point["mean"],
+                    "test_ci95": point["ci95"],
+                    "episodes": report["episodes"],
+                    "ci": f"95% normal interval over {report['episodes']} episodes",
+                }
+            )
     return records
 
 
 def setting(sampler: dict) -> str:
-    """`5w1s` for classification episodes, `10shot` for regression."""
-    return f"{sampler['ways']}w{sampler['shots']}s" if "ways" in sampler else f"{sampler['shots']}shot"
+    """`5w1s` for classification episodes, `10shot` for regression, `40traj` for policies."""
+    if "ways" in sampler:
+        return f"{sampler['ways']}w{sampler['shots']}s"
+    if "trajectories" in sampler:
+        return f"{sampler['trajectories']}traj"
+    return f"{sampler['shots']}shot"
 
 
 def protocol(config: dict, metric: str | None) -> str:
     """The validation protocol of a run (its training sampler's setting): curves of different protocols are
     not comparable and get panels of their own."""
-    sampler = {k: v for k, v in (config.get("sampler") or {}).items() if k in ("ways", "shots")}
+    sampler = {k: v for k, v in (config.get("sampler") or {}).items() if k in ("ways", "shots", "trajectories")}
     try:
         return f"{metric}, {setting(sampler)}"
     except KeyError:

@@ -173,6 +173,10 @@ def test_interrupted_and_resumed_run_ends_with_the_straight_runs_weights(tmp_pat
     assert [r["steps"] for r in report["by_inner_step"]] == [0, 1, 2, 3]
     assert report["mean"] == report["by_inner_step"][1]["mean"]
     assert all(r["mean"] < 0 and r["ci95"] >= 0 for r in report["by_inner_step"])
+    table = run_cli("summarize", tmp_path / "resumed", "--markdown", cwd=tmp_path)
+    assert table.returncode == 0, table.stdout + table.stderr
+    for point in report["by_inner_step"]:
+        assert f"| return_{point['steps']}steps | {point['mean']:.4f}" in table.stdout
 
 
 @pytest.mark.parametrize(
