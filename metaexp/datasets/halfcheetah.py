@@ -9,7 +9,6 @@ qpos[1:] and qvel: 17 numbers) on MuJoCo itself: every trajectory of every task 
 call per time step, not a Python loop over environments. Needs `pip install "gymnasium[mujoco]"`.
 """
 
-import math
 from pathlib import Path
 
 import torch
