@@ -155,3 +155,21 @@ def test_ceil_mode_shapes_and_bad_pairs():
         MetaNet(Conv4(5), CLASSIFICATION)
     with pytest.raises(MetaexpError, match="cannot learn mse regression"):
         MetaNet(MetaNetConv(1), REGRESSION)
+
+
+def test_partial_network_has_fast_weights_only_where_the_authors_put_them():
+    """MetaNetPartial.py's shape: batch norm on conv1-3, fast weights on conv4, conv5, fc1 and the head only."""
+    torch.manual_seed(0)
+    model = MetaNetConv(WAYS, hidden=HIDDEN, norm_layers=3, fast_convs=2)
+    algorithm = MetaNet(model, CLASSIFICATION)
+    params = {k: v.requires_grad_() for k, v in algorithm.init_params().items()}
+    batch = TaskBatch(*(t.float() if t.is_floating_point() else t for t in tasks(0)))
+    base = {k[5:]: v for k, v in params.items() if k.startswith("base.")}
+    memory = algorithm.memory(params, base, batch.support_x[0], batch.support_y[0])
+    assert sorted(memory) == ["convs.3.weight", "convs.4.weight", "fc1.weight", "head.weight"]
+    algorithm.meta_loss(params, batch)[0].backward()
+    dead = sorted(k for k, v in params.items() if v.grad is None or not v.grad.abs().sum() > 0)
+    assert dead == ["embed.head.weight"]
+    assert any(k.startswith("base.norms.2.") for k in params)
+    mini = MetaNetConv(5, in_channels=3, image_size=84, hidden=32, norm_layers=3, fast_convs=2)
+    assert mini.embedding_size == 288 and mini(torch.zeros(2, 3, 84, 84)).shape == (2, 5)

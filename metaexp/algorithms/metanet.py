@@ -19,7 +19,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.func import grad, vmap
+from torch.func import functional_call, grad, vmap
 
 from metaexp.algorithms.base import Algorithm
 from metaexp.backbones import with_prefix
@@ -45,14 +45,14 @@ class MetaNet(Algorithm):
 
     def __init__(self, model, objective, chunks: int = 5):
         super().__init__(model, objective)
-        if not all(hasattr(model, part) for part in ("convs", "fc1", "head")):
+        if not all(hasattr(model, part) for part in ("convs", "norms", "fc1", "head", "augmented")):
             raise MetaexpError(
-                f"metanet augments every layer of its twin networks with fast weights and needs their shape "
-                f"(conv layers, fc1, head without biases), which {type(model).__name__} does not have. Use "
-                f"backbone=metanet_conv."
+                f"metanet augments the layers of its twin networks with fast weights and needs their shape "
+                f"(conv layers, fc1, head without biases, the names of the augmented weights), which "
+                f"{type(model).__name__} does not have. Use backbone=metanet_conv."
             )
         self.chunks = chunks
-        self.layers = len(model.convs)
+        self.layers, self.augmented = len(model.convs), set(model.augmented)
 
     def init_params(self) -> dict:
         """b's weights (`base.`), u's (`embed.`, a twin with its own initialisation) and the generators (`meta.`).
@@ -94,11 +94,13 @@ class MetaNet(Algorithm):
 
         def layer(apply, name):
             out = apply(weights[name])
-            return out, (apply(fast[name]) if fast is not None else None)
+            return out, (apply(fast[name]) if fast is not None and name in fast else None)
 
         h = x
         for i in range(self.layers):
             slow, quick = layer(lambda w: F.conv2d(h, w, padding=1), f"convs.{i}.weight")
+            if i < len(self.model.norms):  # the partial variant's batch norm, on layers without fast weights
+                slow = functional_call(self.model.norms[i], with_prefix(weights, f"norms.{i}."), (slow,))
             h = F.max_pool2d(F.relu(slow) + (F.relu(quick) if quick is not None else 0), 2, ceil_mode=True)
         h = h.flatten(-3)
         slow, quick = layer(lambda w: F.linear(h, w), "fc1.weight")
@@ -137,7 +139,11 @@ class MetaNet(Algorithm):
             return self.objective.loss(self.forward(weights, None, x), y)
 
         grads = vmap(grad(chunk_loss), in_dims=(None, 0, 0))(constant, xs, ys)
-        return {k: self.lstm(params, kind(k), preprocess(g.flatten(1))).view_as(embed[k]) for k, g in grads.items()}
+        return {
+            k: self.lstm(params, kind(k), preprocess(g.flatten(1))).view_as(embed[k])
+            for k, g in grads.items()
+            if k in self.augmented
+        }
 
     def memory(self, params: dict, base: dict, support_x, support_y) -> dict:
         """M: for each support example, its gradient of b's loss through the MLP, `[N, *shape]` per weight."""
@@ -147,7 +153,7 @@ class MetaNet(Algorithm):
             return self.objective.loss(self.forward(weights, None, x[None]), y[None])
 
         grads = vmap(grad(example_loss), in_dims=(None, 0, 0))(constant, support_x, support_y)
-        return {k: self.mlp(params, kind(k), preprocess(g)) for k, g in grads.items()}
+        return {k: self.mlp(params, kind(k), preprocess(g)) for k, g in grads.items() if k in self.augmented}
 
     def adapt(self, params: dict, support_x, support_y):
         base, embed = with_prefix(params, "base."), with_prefix(params, "embed.")
