@@ -10,7 +10,8 @@ trap 'rm -rf "$work"' EXIT
 
 "$repo/.venv/bin/python" -m pip wheel -q --no-deps -w "$work/dist" "$repo" 2>/dev/null
 "$PYTHON" -m venv "$work/venv"
-"$work/venv/bin/python" -m pip install -q -c "$repo/constraints.txt" "$work"/dist/metaexp-*.whl
+wheel=$(ls "$work"/dist/metaexp-*.whl)
+"$work/venv/bin/python" -m pip install -q -c "$repo/constraints.txt" "$wheel[rl]"  # rl: the HalfCheetah commands
 export PATH="$work/venv/bin:$PATH"
 mkdir -p "$work/scratch" "$work/data"
 omniglot="$repo/../shared/data/omniglot"
