@@ -11,6 +11,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from metaexp import checkpoint
 from metaexp.components import build, build_algorithm, build_sampler, resolve_device
+from metaexp.engine import task_chunk_size
 from metaexp.episodes import load_episodes, read_episodes, ways_of, write_episodes
 from metaexp.errors import MetaexpError
 from metaexp.files import replacing
@@ -32,10 +33,12 @@ def sampled_batches(sampler, episodes: int, meta_batch: int, generator: torch.Ge
 
 
 def evaluate_batches(algorithm, params: dict, batches, dtype=None):
-    """Per-episode query losses and scores (CPU tensors) over an iterable of TaskBatches."""
+    """Per-episode query losses and scores (CPU tensors) over an iterable of TaskBatches, vmapped in the task
+    chunks training uses (on a CPU, 4 image tasks at a time)."""
     losses, scores = [], []
     for batch in batches:
-        loss, score = algorithm.evaluate(params, batch.to(dtype=dtype))
+        chunk = task_chunk_size("auto", batch.support_x.device, batch)
+        loss, score = algorithm.evaluate(params, batch.to(dtype=dtype), chunk=chunk)
         losses.append(loss.float().cpu())
         scores.append(score.float().cpu())
     if not losses:

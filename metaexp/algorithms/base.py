@@ -105,10 +105,10 @@ class Algorithm:
             f"Use algorithm=maml or metasgd with it, or optim=adam."
         )
 
-    def evaluate(self, params: dict, batch: TaskBatch):
+    def evaluate(self, params: dict, batch: TaskBatch, chunk: int | None = None):
         """Per-task query losses and scores after adaptation with the evaluation settings."""
         with torch.no_grad():
-            _, losses, scores = self.meta_loss(params, batch, step=None)
+            _, losses, scores = self.meta_loss(params, batch, step=None, chunk=chunk)
         return losses, scores
 
     def task_loss(self, params, support_x, support_y, query_x, query_y, step):
