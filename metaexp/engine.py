@@ -35,13 +35,8 @@ class MetaStep:
                 "(multi_step_loss, first_order_until) change the step as training goes. "
                 "Turn one of them off."
             )
+        # TRPO (optim=trpo) takes a closure of (loss, divergence); trpo.check_fits refused what it cannot run.
         self.trust_region = getattr(optimizer, "needs_divergence", False)
-        if self.trust_region and (cuda_graph or distributed.world_size() > 1):
-            raise MetaexpError(
-                "optim=trpo runs a line search whose length depends on the data, which a captured CUDA graph or "
-                "several processes cannot follow. Set trainer.cuda_graph=false and run one process, or use "
-                "optim=adam."
-            )
         self.algorithm, self.params, self.optimizer, self.device = algorithm, params, optimizer, device
         self.autocast = (
             (lambda: torch.autocast(device.type, dtype=torch.bfloat16))

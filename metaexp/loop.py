@@ -162,7 +162,7 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
     capturable = {"capturable": True} if cfg.trainer.cuda_graph else {}
     optimizer = build(cfg.optim, "optimizer", params=list(params.values()), **capturable)
     if getattr(optimizer, "needs_divergence", False):
-        trpo.check_fits(algorithm)
+        trpo.check_fits(algorithm, cuda_graph=cfg.trainer.cuda_graph)
     scheduler = build(cfg.scheduler, "scheduler", optimizer=optimizer) if cfg.get("scheduler") else None
     if scheduler is not None and cfg.trainer.cuda_graph:
         raise MetaexpError(

@@ -8,6 +8,7 @@ parameters, for its curvature and to check each candidate step. So its `step` ta
 
 import torch
 
+from metaexp import distributed
 from metaexp.algorithms.base import Algorithm
 from metaexp.errors import MetaexpError
 
@@ -62,8 +63,15 @@ class TRPO(torch.optim.Optimizer):
         return 0.0
 
 
-def check_fits(algorithm) -> None:
-    """Refuse, before training, an algorithm or task without the divergence TRPO bounds."""
+def check_fits(algorithm, cuda_graph: bool) -> None:
+    """Refuse, before anything is written, what TRPO cannot run: a task or algorithm without the divergence it
+    bounds, a captured CUDA graph or several processes (its line search runs as long as the data says)."""
+    if cuda_graph or distributed.world_size() > 1:
+        raise MetaexpError(
+            "optim=trpo runs a line search whose length depends on the data, which a captured CUDA graph or "
+            "several processes cannot follow. Set trainer.cuda_graph=false and run one process, or use "
+            "optim=adam."
+        )
     if not hasattr(algorithm.objective, "divergence"):
         raise MetaexpError(
             f"optim=trpo bounds how far a policy moves (a KL divergence), and {algorithm.objective.task} tasks "

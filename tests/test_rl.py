@@ -205,8 +205,10 @@ def test_trpo_refuses_an_algorithm_without_a_divergence():
 
     sampler = RolloutSampler(Navigation2D(), trajectories=2)
     with pytest.raises(MetaexpError, match="optim=trpo bounds the change of the adapted policy"):
-        check_fits(Reptile(GaussianPolicy(), sampler.objective))
-    check_fits(MAML(GaussianPolicy(), sampler.objective))
+        check_fits(Reptile(GaussianPolicy(), sampler.objective), cuda_graph=False)
+    with pytest.raises(MetaexpError, match="captured CUDA graph or several processes"):
+        check_fits(MAML(GaussianPolicy(), sampler.objective), cuda_graph=True)
+    check_fits(MAML(GaussianPolicy(), sampler.objective), cuda_graph=False)
 
 
 def test_halfcheetah_steps_match_gymnasium():
