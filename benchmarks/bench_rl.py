@@ -1,4 +1,5 @@
-"""MAML-TRPO meta-iteration time on 2D navigation (20 goals x 20 trajectories x 100 steps before and after
+"""HalfCheetah stepping rate (metaexp's all-trajectories-at-once `mujoco.rollout` against gymnasium's
+HalfCheetah-v5, one environment in one process) and MAML-TRPO meta-iteration time on 2D navigation (20 goals x 20 trajectories x 100 steps before and after
 adaptation, then the TRPO step), metaexp against learn2learn's examples/rl/maml_trpo.py loop (Particles2D-v1,
 cherry-rl 0.2.0, gym 0.23.1, one environment worker), seconds per meta-iteration and the ratio.
 
@@ -48,6 +49,27 @@ def metaexp_seconds(device: str, iterations: int) -> tuple:
     return total / iterations, sampling / iterations
 
 
+def halfcheetah_rates(environments: int = 800, steps: int = 20) -> tuple:
+    """(metaexp steps/s over `environments` trajectories at once, gymnasium's HalfCheetah-v5 steps/s)."""
+    import gymnasium
+
+    from metaexp.datasets.halfcheetah import HalfCheetah
+
+    env, g = HalfCheetah(), torch.Generator().manual_seed(0)
+    goals = env.sample_tasks(environments // 20, g, "cpu")
+    state = env.reset(goals, 20, g)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, _, _ = env.step(state, torch.rand(*state.shape[:2], 6, generator=g) * 2 - 1, goals)
+    ours = environments * steps / (time.perf_counter() - start)
+    single = gymnasium.make("HalfCheetah-v5")
+    single.reset(seed=0)
+    start = time.perf_counter()
+    for _ in range(2000):
+        single.step(single.action_space.sample())
+    return ours, 2000 / (time.perf_counter() - start)
+
+
 def peer_seconds(examples: str, peer_path: str, iterations: int) -> float:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([peer_path, examples]), "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(
@@ -69,6 +91,8 @@ def main() -> None:
     args = parser.parse_args()
     card = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {os.cpu_count()} cores"
     print(f"device: {card}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    batched, single = halfcheetah_rates()
+    print(f"HalfCheetah: {batched:,.0f} steps/s, 800 trajectories at once (gymnasium's HalfCheetah-v5: {single:,.0f})")
     ours, sampling = metaexp_seconds(args.device, args.iterations)
     print(f"metaexp: {ours:.2f} s per meta-iteration ({sampling:.2f} s of it sampling), mean of {args.iterations}")
     if args.l2l_examples:
