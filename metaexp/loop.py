@@ -9,6 +9,7 @@ import platform
 import signal
 import statistics
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,6 +207,7 @@ def loop(cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clo
     )
     loss_sum, score_sum = torch.zeros((), device=device), torch.zeros((), device=device)
     done_tasks, logged_at = 0, progress.step
+    deadline = time.monotonic() + 60 * trainer.minutes if trainer.minutes else math.inf
     last = {"train": None, "val": None, "rates": []}
 
     def save(name: str) -> None:
@@ -238,7 +240,9 @@ def loop(cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clo
         score_sum += scores.sum()
         progress.step += 1
         done_tasks += trainer.meta_batch
-        final = progress.step == trainer.steps
+        # Every rank stops at the same step: the first to run out of time decides (one all-reduce, only with a limit).
+        out_of_time = bool(trainer.minutes) and distributed.total(torch.tensor(time.monotonic() >= deadline)).item()
+        final = progress.step == trainer.steps or out_of_time
         if progress.step % trainer.log_every == 0 or final or stop.signal:
             tasks = (progress.step - logged_at) * trainer.meta_batch
             loss, score = (distributed.total(s).item() / tasks for s in (loss_sum, score_sum))
@@ -276,6 +280,15 @@ def loop(cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clo
                     progress.best = value
                     save("best.pt")
                 save("last.pt")
+        if out_of_time and progress.step < trainer.steps:
+            log.info(
+                "trainer.minutes=%s reached at step %d of %d; checkpoints/last.pt holds it. Continue with the same "
+                "command plus trainer.resume=auto.",
+                trainer.minutes,
+                progress.step,
+                trainer.steps,
+            )
+            break
     if stop.signal:
         if progress.saved_at != progress.step:
             save("last.pt")

@@ -20,6 +20,7 @@ log = logging.getLogger("metaexp.loop")
 # Keys a resume may change; `_target_` under optim/scheduler never (the saved state belongs to that class).
 SAFE = (
     "trainer.steps",
+    "trainer.minutes",
     "trainer.log_every",
     "trainer.val_every",
     "trainer.resume",

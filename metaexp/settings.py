@@ -29,6 +29,7 @@ class Trainer:
     val_every: int
     val_tasks: int
     resume: Optional[str]
+    minutes: Optional[float] = None
 
     def check(self) -> None:
         positive("trainer", self, "steps", "meta_batch", "log_every", "val_every", "val_tasks")
@@ -39,6 +40,8 @@ class Trainer:
             refuse("trainer.resume", self.resume, "null for a fresh run, auto, or a checkpoint or run directory")
         if self.grad_clip is not None and not self.grad_clip > 0:
             refuse("trainer.grad_clip", self.grad_clip, "a norm above 0, or null for no clipping")
+        if self.minutes is not None and not self.minutes > 0:
+            refuse("trainer.minutes", self.minutes, "a number of minutes above 0, or null for no time limit")
 
 
 @dataclass

@@ -326,6 +326,7 @@ TRAIN_CASES = [
     (["trainer.val_every=0"], "trainer.val_every=0 is not valid"),
     (["trainer.val_tasks=0"], "trainer.val_tasks=0 is not valid"),
     (["trainer.device=gpu"], "trainer.device='gpu' is not a device"),
+    (["trainer.minutes=0"], "trainer.minutes=0.0 is not valid"),
     (["sampler.shots=-1"], "sampler.shots=-1 is not valid"),
     (["sampler.queries=0"], "sampler.queries=0 is not valid"),
     (["algorithm=protonet", *OMNIGLOT_1Q, "dataset.root={omniglot}", "sampler.ways=0"], "sampler.ways=0 is not valid"),
@@ -449,3 +450,17 @@ def test_summarize_lists_malformed_runs_and_summarises_the_rest(used, tmp_path):
     assert len(result.stdout.strip().splitlines()) == 2, "a header and the one good run"
     for name in broken:
         assert f"skipped {tmp_path / name}" in result.stderr.replace("\n", " ")
+
+
+def test_a_time_limit_stops_cleanly_and_resume_finishes_the_run(tmp_path):
+    run = tmp_path / "limited"
+    args = ["train", "trainer.val_every=100000", "trainer.device=cpu", f"hydra.run.dir={run}"]
+    limited = run_cli(*args, "trainer.steps=100000", "trainer.minutes=0.05", cwd=tmp_path)
+    assert limited.returncode == 0, limited.stdout + limited.stderr
+    stopped = torch.load(run / "checkpoints/last.pt", weights_only=False)["step"]
+    assert 0 < stopped < 100000
+    assert "trainer.minutes=0.05 reached at step" in " ".join(limited.stdout.split())
+    assert [r["step"] for r in rows(run) if r["split"] == "val"] == [stopped]
+    finished = run_cli(*args, f"trainer.steps={stopped + 3}", "trainer.resume=auto", cwd=tmp_path)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert torch.load(run / "checkpoints/last.pt", weights_only=False)["step"] == stopped + 3
