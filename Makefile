@@ -8,7 +8,7 @@ PINS   := -c constraints.txt
 RUN    := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: help install install-dev peer-rl train test lint bench wheel-check results clean
+.PHONY: help install install-dev peer-rl train test lint bench wheel-check reproduce results clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,13 @@ peer-rl: install-dev  ## gym 0.23.1 + cherry-rl 0.2.0 in build/peer-rl and learn
 
 wheel-check: install  ## build the wheel, install it into a clean venv, run every README command outside the checkout
 	bash ci/wheel_check.sh $(PYTHON)
+
+# Presets at their full schedules, one after another, within MINUTES on DEVICE; resumed where the last call stopped.
+PRESETS ?=
+MINUTES ?= 60
+DEVICE  ?= auto
+reproduce: install  ## train PRESETS (default: all with a figure) within MINUTES on DEVICE, evaluate, regenerate docs/results.md
+	$(VENV)/bin/metaexp reproduce $(PRESETS) --device $(DEVICE) --minutes $(MINUTES)
 
 results: install  ## the results table of docs/results.md, from the run directories under outputs/results/
 	$(VENV)/bin/metaexp summarize outputs/results --presets --markdown

@@ -24,6 +24,7 @@ commands:
   train      meta-train (e.g. `metaexp train algorithm=protonet dataset=omniglot`; `-m` sweeps)
   eval       evaluate a checkpoint on held-out tasks (`metaexp eval checkpoint=PATH [eval.episodes=600]`)
   summarize  tabulate and plot run directories (`metaexp summarize DIR... [--csv|--markdown] [--plot F]`)
+  reproduce  run presets at full schedule within a time budget, evaluate them, regenerate the results table
 
 `metaexp <command> --help` lists its config groups and options; `--cfg job` prints the composed config.
 `metaexp --version` prints the version."""
@@ -96,11 +97,12 @@ def eval_app(cfg: DictConfig):
     return guarded(evaluate_checkpoint, cfg)
 
 
-def summarize_app(argv: list) -> None:
-    from metaexp.summarize import main as summarize_main
+def plain_app(module: str, argv: list) -> None:
+    """A subcommand with its own argparse (summarize, reproduce); its MetaexpError ends it in one paragraph."""
+    import importlib
 
     try:
-        summarize_main(argv)
+        importlib.import_module(f"metaexp.{module}").main(argv)
     except MetaexpError as error:
         exit_with(error)
 
@@ -130,8 +132,8 @@ def dispatch(args: list) -> None:
         return
     command, rest = args[0], args[1:]
     apps = {"train": train_app, "eval": eval_app}
-    if command == "summarize":
-        return summarize_app(rest)
+    if command in ("summarize", "reproduce"):
+        return plain_app(command, rest)
     if command not in apps:
         print(f"metaexp: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)

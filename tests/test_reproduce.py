@@ -1,0 +1,53 @@
+"""`metaexp reproduce`: presets trained within a budget, evaluated in their published settings, recorded
+without checkpoints, and the results table regenerated between its markers, the prose around it kept."""
+
+import json
+
+from conftest import run_cli
+
+PRESETS = ["maml_sinusoid_5shot", "metasgd_sinusoid_5shot"]
+
+
+def reproduce(tmp_path, *extra):
+    return run_cli(
+        "reproduce", *PRESETS, "--device", "cpu", "--runs", tmp_path / "runs", "--records", tmp_path / "records",
+        "--page", tmp_path / "results.md", "--set", "debug=fast", "trainer.meta_batch=5",
+        "--eval-set", "eval.episodes=20", *extra, cwd=tmp_path,
+    )  # fmt: skip
+
+
+def test_reproduce_trains_evaluates_records_and_regenerates_the_table(tmp_path):
+    (tmp_path / "results.md").write_text("# Results\n\nProse above the table.\n")
+    first = reproduce(tmp_path, "--minutes", "10")
+    assert first.returncode == 0, first.stdout + first.stderr
+    for preset in PRESETS:
+        record = tmp_path / "records" / preset
+        assert (record / ".hydra" / "config.yaml").is_file() and (record / "machine.json").is_file()
+        assert not (record / "checkpoints").exists()
+        (report,) = record.glob("eval-*.json")
+        assert json.loads(report.read_text())["episodes"] == 20
+    page = (tmp_path / "results.md").read_text()
+    assert page.startswith("# Results\n\nProse above the table.\n")
+    table = page.split("<!-- metaexp reproduce: table -->")[1]
+    assert "experiment=maml_sinusoid_5shot" in table and "experiment=metasgd_sinusoid_5shot" in table
+    assert "| maml_sinusoid_10shot | 10shot |" in table and "not yet run" in table  # the presets not run yet
+    metrics = (tmp_path / "runs" / PRESETS[0] / "metrics.jsonl").read_text()
+
+    again = reproduce(tmp_path, "--minutes", "10")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (tmp_path / "runs" / PRESETS[0] / "metrics.jsonl").read_text() == metrics  # finished: not retrained
+    assert (tmp_path / "results.md").read_text() == page
+
+
+def test_a_spent_budget_trains_nothing_and_changes_nothing(tmp_path):
+    (tmp_path / "results.md").write_text("# Results\n")
+    result = reproduce(tmp_path, "--minutes", "0.001")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the budget is spent" in result.stdout and "results.md is unchanged" in result.stdout
+    assert not (tmp_path / "runs").exists()
+    assert (tmp_path / "results.md").read_text() == "# Results\n"
+
+
+def test_an_unknown_preset_is_one_paragraph(tmp_path):
+    result = run_cli("reproduce", "maml_nowhere", cwd=tmp_path)
+    assert result.returncode == 2 and "No preset named maml_nowhere" in result.stdout, result.stdout + result.stderr
