@@ -70,9 +70,8 @@ DEVICE  ?= auto
 reproduce: install  ## train PRESETS (default: all with a figure) within MINUTES on DEVICE, evaluate, regenerate docs/results.md
 	$(VENV)/bin/metaexp reproduce $(PRESETS) --device $(DEVICE) --minutes $(MINUTES)
 
-results: install  ## the results table of docs/results.md, from the run directories under outputs/results/
-	$(VENV)/bin/metaexp summarize outputs/results --presets --markdown
-	$(VENV)/bin/metaexp summarize outputs/results --plot docs/results_curves.png
+results: install  ## regenerate the table of docs/results.md from the run records in results/records
+	$(VENV)/bin/metaexp reproduce --table-only
 
 clean:  ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache dist build

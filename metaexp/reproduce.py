@@ -112,6 +112,7 @@ def main(argv: list) -> None:
     parser.add_argument("--page", type=Path, default=Path("docs/results.md"))
     parser.add_argument("--set", nargs="*", default=[], help="overrides for every train command")
     parser.add_argument("--eval-set", nargs="*", default=[], help="overrides for every eval command")
+    parser.add_argument("--table-only", action="store_true", help="only regenerate the table from the records")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + 60 * args.minutes
     tables = published_tables()
@@ -123,7 +124,7 @@ def main(argv: list) -> None:
     presets = args.presets or [p for p, figures in tables.items() if figures]
     device = describe_machine(resolve_device(args.device))["device"]
     records = [p for p in args.records.glob("*") if p.is_dir()]
-    for preset in presets:
+    for preset in [] if args.table_only else presets:
         cfg = compose([f"experiment={preset}", *args.set])
         run = args.runs / preset
         print(f"== {preset}: {cfg.trainer.steps} steps, "

@@ -115,10 +115,15 @@ def test_second_process_on_one_run_directory_is_refused_and_the_first_is_unharme
     assert run_cli("train", *LONG, f"hydra.run.dir={straight}", cwd=tmp_path).returncode == 0
     first = start("train", *LONG, f"hydra.run.dir={run}", cwd=tmp_path)
     wait_for_rows(run)
-    for extra in ([], ["trainer.resume=auto"], ["seed=22"]):
-        second = run_cli("train", *LONG, *extra, f"hydra.run.dir={run}", cwd=tmp_path)
-        assert second.returncode == 2 and "Another metaexp process is writing" in second.stdout, second.stdout
-        assert refused_at_once(second)
+    # Paused, the first process keeps its lock however slowly the others start on a loaded machine.
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        for extra in ([], ["trainer.resume=auto"], ["seed=22"]):
+            second = run_cli("train", *LONG, *extra, f"hydra.run.dir={run}", cwd=tmp_path)
+            assert second.returncode == 2 and "Another metaexp process is writing" in second.stdout, second.stdout
+            assert refused_at_once(second)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     output, _ = first.communicate(timeout=300)
     assert first.returncode == 0, output[-2000:]
     assert same_weights(straight / "checkpoints/last.pt", run / "checkpoints/last.pt")

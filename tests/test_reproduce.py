@@ -37,6 +37,10 @@ def test_reproduce_trains_evaluates_records_and_regenerates_the_table(tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert (tmp_path / "runs" / PRESETS[0] / "metrics.jsonl").read_text() == metrics  # finished: not retrained
     assert (tmp_path / "results.md").read_text() == page
+    (tmp_path / "results.md").write_text(page.replace("Prose above", "Edited prose above"))
+    table_only = reproduce(tmp_path, "--table-only")
+    assert table_only.returncode == 0 and "== maml_sinusoid_5shot" not in table_only.stdout, table_only.stdout
+    assert (tmp_path / "results.md").read_text() == page.replace("Prose above", "Edited prose above")
 
 
 def test_a_spent_budget_trains_nothing_and_changes_nothing(tmp_path):
