@@ -1,5 +1,6 @@
 """Evaluation: adapt on held-out tasks, report mean and 95% confidence interval, write eval.json."""
 
+import contextlib
 import json
 import math
 import statistics
@@ -11,6 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from metaexp import checkpoint
 from metaexp.components import build, build_algorithm, build_sampler, resolve_device
+from metaexp.backbones.layers import training_statistics
 from metaexp.engine import task_chunk_size
 from metaexp.episodes import load_episodes, read_episodes, ways_of, write_episodes
 from metaexp.errors import MetaexpError
@@ -19,6 +21,25 @@ from metaexp.logs import console, summary_table
 from metaexp.rundir import checkpoint_file, run_dir_of
 from metaexp.settings import check_eval
 from metaexp.samplers import task_generator
+
+
+def test_statistics(norm: str, algorithm, params: dict, train_sampler, generator):
+    """The batch-norm statistics of a test (`test.norm`): `episode`, each batch's own (transductive, as the MAML
+    papers test); `training`, statistics of 2,000 training images under the current weights (ProtoNets,
+    Matching Networks, MetaOptNet)."""
+    if norm == "episode":
+        return contextlib.nullcontext()
+    if not hasattr(train_sampler, "some_images"):
+        raise MetaexpError(
+            f"test.norm=training normalises with statistics of training images, and {train_sampler.objective.task} "
+            f"tasks have none. Use test.norm=episode."
+        )
+    return training_statistics(algorithm.model, params, train_sampler.some_images(2000, generator))
+
+
+def statistics_generator(seed: int, device) -> torch.Generator:
+    """The draw of training images for `test.norm=training`: fixed per seed, apart from every task stream."""
+    return task_generator(seed, "train", device, stream=999)  # 999: a stream no rank's training uses
 
 
 def sampled_batches(sampler, episodes: int, meta_batch: int, generator: torch.Generator, record: list | None = None):
@@ -74,7 +95,8 @@ def report_name(settings: dict) -> str:
         setting = f"{sampler['shots']}shot{sampler['queries']}q"
     steps = f"-{settings['inner_steps']}steps" if settings["inner_steps"] is not None else ""
     seed = f"-seed{settings['seed']}" if settings["seed"] else ""
-    return f"eval-{settings['split']}-{setting}{steps}-{settings['episodes']}ep{seed}.json"
+    norm = "-trainingnorm" if settings.get("norm") == "training" else ""
+    return f"eval-{settings['split']}-{setting}{steps}{norm}-{settings['episodes']}ep{seed}.json"
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> float:
@@ -97,6 +119,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         run_cfg.sampler[key] = value
     if cfg.test.inner_steps is not None:
         run_cfg.test.inner_steps = cfg.test.inner_steps  # the algorithm's eval_inner_steps follows this key
+    norm = cfg.test.norm or run_cfg.test.get("norm") or "episode"  # checkpoints before test.norm: episode
     if cfg.dataset.root is not None:
         if "root" not in run_cfg.dataset:
             raise MetaexpError(
@@ -117,7 +140,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     if hasattr(sampler, "act_with"):
         scores, losses, extra = adaptation_scores(cfg, sampler, algorithm, params, generator)
     else:
-        scores, losses, extra = episode_scores(cfg, sampler, dataset, algorithm, params, episodes, generator)
+        train_sampler = build_sampler(run_cfg, dataset, "train", device) if norm == "training" else sampler
+        # The run's own seed, not the eval's: the statistics stay those its validation used, whatever episodes.
+        with test_statistics(norm, algorithm, params, train_sampler, statistics_generator(run_cfg.seed, device)):
+            scores, losses, extra = episode_scores(cfg, sampler, dataset, algorithm, params, episodes, generator)
     metric = sampler.objective.metric
     mean, ci95 = mean_ci95(scores.tolist())
     curve = extra.get("by_inner_step", [])
@@ -127,6 +153,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         "episodes_file": cfg.eval.episodes_file,
         "episodes": len(scores),
         "inner_steps": algorithm.eval_inner_steps,
+        "norm": norm,
         "sampler": {k: v for k, v in OmegaConf.to_container(run_cfg.sampler).items() if k != "_target_"},
     }
     report = {

@@ -22,7 +22,7 @@ from metaexp import __version__, checkpoint, distributed, rundir, trpo
 from metaexp.components import build, build_algorithm, build_sampler, resolve_device
 from metaexp.engine import MetaStep
 from metaexp.errors import MetaexpError
-from metaexp.evaluate import evaluate_batches, sampled_batches
+from metaexp.evaluate import evaluate_batches, sampled_batches, statistics_generator, test_statistics
 from metaexp.logs import MetricsFile, RunLog, Stopwatch, TrainingProgress, console, read_metrics, summary_table
 from metaexp.resume import find_resume, restore
 from metaexp.settings import check_train
@@ -310,7 +310,9 @@ def validate(cfg: DictConfig, run: Run, step: int, tasks_per_rank: int, device, 
     batches = sampled_batches(
         run.val_sampler, shard(cfg.trainer.val_tasks, "trainer.val_tasks"), tasks_per_rank, generator
     )
-    losses, scores = evaluate_batches(run.algorithm, run.params, batches)
+    norm = cfg.test.get("norm") or "episode"
+    with test_statistics(norm, run.algorithm, run.params, run.train_sampler, statistics_generator(cfg.seed, device)):
+        losses, scores = evaluate_batches(run.algorithm, run.params, batches)
     metric = run.val_sampler.objective.metric
     return {
         "step": step,

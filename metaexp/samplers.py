@@ -85,6 +85,11 @@ class EpisodeSampler:
     def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
         return self.episodes(*self.draw(meta_batch, generator))
 
+    def some_images(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """`count` images of the split drawn at random, as floats (for statistics of the training data)."""
+        rows = torch.randperm(len(self.images), generator=generator, device=self.device)[:count]
+        return to_float(self.images[rows])
+
     def draw(self, meta_batch: int, generator: torch.Generator) -> tuple:
         """Dataset rows `[B, ways, shots+queries]` and quarter turns `[B, ways]` of a meta-batch."""
         classes = torch.rand(meta_batch, self.num_classes, generator=generator, device=self.device)

@@ -15,6 +15,9 @@ from metaexp.errors import MetaexpError
 from metaexp.samplers import SPLITS
 
 
+NORMS = ("episode", "training")  # test.norm: each episode's batch statistics, or those of training images
+
+
 @dataclass
 class Trainer:
     steps: int
@@ -62,6 +65,7 @@ def check_train(cfg: DictConfig) -> None:
     """Refuse a `metaexp train` config whose seed or trainer settings cannot be run as given."""
     typed(cfg, "seed", int)
     checked(cfg.trainer, Trainer, "trainer").check()
+    one_of("test.norm", cfg.test.get("norm") or "episode", NORMS)
 
 
 def check_eval(cfg: DictConfig) -> None:
@@ -73,6 +77,8 @@ def check_eval(cfg: DictConfig) -> None:
         )
     typed(cfg, "seed", int)
     checked(cfg.eval, Eval, "eval").check()
+    if cfg.test.norm is not None:
+        one_of("test.norm", cfg.test.norm, NORMS)
     steps = cfg.test.inner_steps
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
         refuse("test.inner_steps", steps, "0 or more inner steps, or null for the run's own")

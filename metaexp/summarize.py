@@ -187,8 +187,10 @@ def describe(run: Path) -> list:
         report = read_report(path)
         # A policy's report holds a curve: one record per number of adaptation steps (`return_1steps`).
         points = report.get("by_inner_step") or [{"steps": None, "mean": report["mean"], "ci95": report["ci95"]}]
+        # An evaluation with other batch-norm statistics than the run's own test protocol says so in its name.
+        norm, own = report["settings"].get("norm", "episode"), (config.get("test") or {}).get("norm", "episode")
         for point in points:
-            name = setting(report["settings"]["sampler"])
+            name = setting(report["settings"]["sampler"]) + (f" ({norm} norm)" if norm != own else "")
             records.append(
                 {
                     **base,
