@@ -76,11 +76,18 @@ def baseline_features(observations: torch.Tensor, masks: torch.Tensor) -> torch.
 
 
 def fit_baseline(features: torch.Tensor, returns: torch.Tensor, ridge: float = 1e-5) -> torch.Tensor:
-    """Per-task least squares: `features` `[B, n, f]`, `returns` `[B, n]` -> weights `[B, f]`; a small ridge term
-    keeps the system solvable when a feature is constant (rllab's LinearFeatureBaseline does the same)."""
-    gram = features.transpose(-1, -2) @ features
-    eye = torch.eye(features.shape[-1], device=features.device, dtype=features.dtype)
-    return torch.linalg.solve(gram + ridge * eye, (features.transpose(-1, -2) @ returns.unsqueeze(-1))).squeeze(-1)
+    """Per-task least squares: `features` `[B, n, f]`, `returns` `[B, n]` -> weights `[B, f]`, in float64. The
+    ridge term starts small and grows tenfold while a system stays singular, as rllab's LinearFeatureBaseline
+    does: a task whose episodes all end within a few steps leaves the time features nearly collinear."""
+    x, y = features.double(), returns.double()
+    gram, target = x.transpose(-1, -2) @ x, x.transpose(-1, -2) @ y.unsqueeze(-1)
+    eye = torch.eye(x.shape[-1], device=x.device, dtype=x.dtype)
+    for _ in range(6):
+        weights, info = torch.linalg.solve_ex(gram + ridge * eye, target)
+        if not info.any() and torch.isfinite(weights).all():
+            break
+        ridge *= 10
+    return weights.squeeze(-1).to(features.dtype)
 
 
 def discounted(values: torch.Tensor, masks: torch.Tensor, factor: float) -> torch.Tensor:

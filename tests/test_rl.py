@@ -232,3 +232,15 @@ def test_halfcheetah_steps_match_gymnasium():
             cost = 0.05 * float(actions[task, k].clamp(-1, 1).square().sum())
             assert float(reward[task, k]) == pytest.approx(-abs(info["x_velocity"] - float(goals[task])) - cost)
     assert not done.any()
+
+
+def test_baseline_fit_survives_collinear_features():
+    # A policy pinned at the clip (observations all 10) after an oversized step: the observation, its square and
+    # the constant are collinear columns of size 10^4 x 2,000 rows, singular for float32 with the plain ridge.
+    observations = torch.full((2, 20, 100, 4), 10.0)
+    masks = torch.ones(2, 20, 100)
+    features = baseline_features(observations, masks).flatten(1, 2)
+    returns = -torch.arange(100.0).repeat(2, 20) / 100
+    weights = fit_baseline(features, returns)
+    assert torch.isfinite(weights).all()
+    torch.testing.assert_close(features @ weights.unsqueeze(-1), returns.unsqueeze(-1), atol=1e-3, rtol=0)
