@@ -1,7 +1,8 @@
 """HalfCheetah stepping rate (metaexp's all-trajectories-at-once `mujoco.rollout` against gymnasium's
-HalfCheetah-v5, one environment in one process) and MAML-TRPO meta-iteration time on 2D navigation (20 goals x 20 trajectories x 100 steps before and after
-adaptation, then the TRPO step), metaexp against learn2learn's examples/rl/maml_trpo.py loop (Particles2D-v1,
-cherry-rl 0.2.0, gym 0.23.1, one environment worker), seconds per meta-iteration and the ratio.
+HalfCheetah-v5, one environment in one process) and MAML-TRPO meta-iteration time on 2D navigation (20 goals x
+20 trajectories x 100 steps before and after adaptation, then the TRPO step), metaexp against learn2learn's
+examples/rl/maml_trpo.py loop (Particles2D-v1, cherry-rl 0.2.0, gym 0.23.1, one environment worker), seconds
+per meta-iteration and the ratio.
 
 The peer runs from `--l2l-examples DIR` (learn2learn's examples/rl/maml_trpo.py at commit 6d113f8 and
 policies.py, whose DiagNormalPolicy needs a `device=` keyword that example passes) with `--peer-path DIR` (gym
