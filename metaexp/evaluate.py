@@ -34,7 +34,8 @@ def test_statistics(norm: str, algorithm, params: dict, train_sampler, generator
             f"test.norm=training normalises with statistics of training images, and {train_sampler.objective.task} "
             f"tasks have none. Use test.norm=episode."
         )
-    return training_statistics(algorithm.model, params, train_sampler.some_images(2000, generator))
+    images = train_sampler.some_images(2000, generator)
+    return training_statistics(algorithm.model, algorithm.model_params(params), images)  # no `meta.` learnables
 
 
 def statistics_generator(seed: int, device) -> torch.Generator:

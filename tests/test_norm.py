@@ -53,9 +53,9 @@ def test_training_statistics_make_a_query_independent_of_the_other_queries():
 def test_one_checkpoint_is_evaluated_both_ways_and_both_reports_are_kept(tmp_path):
     root = make_layout(tmp_path / "omniglot")
     run = tmp_path / "run"
-    args = [*OMNIGLOT_LAKE, f"dataset.root={root}", "algorithm=protonet", "sampler.ways=2", "sampler.queries=1"]
-    trained = run_cli("train", *TINY, *args, "test.sampler.ways=2", "test.sampler.queries=1",
-                      f"hydra.run.dir={run}", cwd=tmp_path)  # fmt: skip
+    # MetaOptNet: its `meta.scale` is no weight of the backbone the statistics pass through (that crashed once).
+    args = [*OMNIGLOT_LAKE, f"dataset.root={root}", "algorithm=metaoptnet", "sampler.ways=2", "sampler.queries=1"]
+    trained = run_cli("train", *TINY, *args, f"hydra.run.dir={run}", cwd=tmp_path)
     assert trained.returncode == 0, trained.stdout + trained.stderr
     for norm in ("episode", "training"):
         result = run_cli("eval", f"checkpoint={run}", "eval.episodes=10", "trainer.device=cpu", f"test.norm={norm}",
