@@ -4,6 +4,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
@@ -65,6 +66,20 @@ def test_algorithm_and_data_set_alone_get_the_published_setting(setting):
         cfg["test"].pop("published", None)
         cfg["test"].pop("source", None)
     assert plain == paper
+
+
+@pytest.mark.parametrize("algorithm", ["protonet", "matchingnet"])
+def test_metric_learners_on_omniglot_get_their_papers_max_pool_network(algorithm):
+    for preset in (p for p in PRESETS if p.startswith(f"{algorithm}_omniglot_")):
+        model = instantiate(composed(f"experiment={preset}").backbone)
+        assert isinstance(model.features[0].pool, torch.nn.MaxPool2d) and model.embedding_size == 64, preset
+    assert not composed("algorithm=maml", "dataset=omniglot").backbone.max_pool  # MAML's strided Conv-4
+
+
+@pytest.mark.parametrize("backbone", ["resnet12", "conv4", "mlp"])
+def test_a_settings_backbone_variant_does_not_reach_another_backbone(backbone):
+    """protonet_mini_imagenet asks for 64 filters; ResNet-12 or an MLP picked on the command line still builds."""
+    assert instantiate(composed("algorithm=protonet", "dataset=mini_imagenet", f"backbone={backbone}").backbone)
 
 
 def test_the_command_line_wins_over_the_published_setting():
