@@ -1,9 +1,10 @@
 """TRPO (Schulman et al. 2015) as a meta-optimizer, the outer step of MAML's reinforcement-learning experiments.
 
 It needs more than a gradient: the KL between the sampling policy and the current one as a function of the
-parameters, for its curvature and to check each candidate step. So its `step` takes a closure that returns
-(loss, divergence) at the parameters' current values; `engine.MetaStep` builds it from the algorithm's
-`meta_loss` and `meta_divergence`.
+parameters, to check each candidate step, and that KL's curvature. So its `step` takes two closures, the loss
+and the divergence at the parameters' current values, and a function from tangents (one tensor per parameter)
+to the divergence's Hessian times them; `engine.MetaStep` builds the three from the algorithm's `meta_loss`,
+`meta_divergence` and `divergence_curvature`.
 """
 
 import torch
@@ -30,22 +31,18 @@ class TRPO(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
 
-    def step(self, closure):
+    def step(self, loss, divergence, curvature):
         """One trust-region step; returns the fraction of the full step taken (0.0 when the search failed)."""
         group = self.param_groups[0]
         params = [p for g in self.param_groups for p in g["params"]]
+        closure = loss
         with torch.enable_grad():
-            loss, divergence = closure()
-            gradient = flat(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True), params)
-            divergence_gradient = flat(
-                torch.autograd.grad(divergence, params, create_graph=True, allow_unused=True), params
-            )
+            loss = closure()
+            gradient = flat(torch.autograd.grad(loss, params, allow_unused=True), params)
 
         def fisher(vector):
-            with torch.enable_grad():
-                product = torch.autograd.grad(
-                    divergence_gradient @ vector, params, retain_graph=True, allow_unused=True
-                )
+            tangents = torch.split(vector, [p.numel() for p in params])
+            product = curvature([t.view_as(p) for t, p in zip(tangents, params)])
             return flat(product, params) + group["damping"] * vector
 
         direction = conjugate_gradient(fisher, gradient, group["cg_iters"])
@@ -56,8 +53,8 @@ class TRPO(torch.optim.Optimizer):
             for i in range(group["line_search_steps"]):
                 fraction = group["backtrack"] ** i
                 assign(params, start, -fraction * full_step)
-                new_loss, new_divergence = closure()
-                if new_loss < loss and new_divergence <= group["max_kl"]:
+                # The divergence costs an adaptation too: it is only computed for a step that lowers the loss.
+                if closure() < loss and divergence() <= group["max_kl"]:
                     return fraction
             assign(params, start, torch.zeros_like(full_step))
         return 0.0
@@ -77,8 +74,8 @@ def check_fits(algorithm, cuda_graph: bool) -> None:
             f"optim=trpo bounds how far a policy moves (a KL divergence), and {algorithm.objective.task} tasks "
             f"have no policy. Use optim=adam, or a reinforcement-learning data set (dataset=navigation2d)."
         )
-    if type(algorithm).task_divergence is Algorithm.task_divergence:
-        algorithm.task_divergence(None, None, None, None, None, None)  # raises its own explanation
+    if type(algorithm).task_policy is Algorithm.task_policy:
+        algorithm.task_policy(None, None, None, None)  # raises its own explanation
 
 
 def flat(tensors, params) -> torch.Tensor:

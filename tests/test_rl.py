@@ -10,6 +10,7 @@ import torch
 
 from conftest import only_report, run_cli
 from metaexp.algorithms.maml import MAML
+from metaexp.algorithms.metasgd import MetaSGD
 from metaexp.backbones import predict
 from metaexp.backbones.gaussian_policy import GaussianPolicy
 from metaexp.datasets.navigation2d import Navigation2D
@@ -79,11 +80,11 @@ def test_linear_baseline_is_the_least_squares_fit():
         torch.testing.assert_close(features[task] @ weights[task], features[task] @ expected, rtol=1e-8, atol=1e-8)
 
 
-def sampled(seed=0, tasks=3, dtype=torch.float64):
+def sampled(seed=0, tasks=3, dtype=torch.float64, algorithm="maml"):
     torch.manual_seed(seed)
     model = GaussianPolicy(hidden=(16, 16)).to(dtype)
     sampler = RolloutSampler(Navigation2D(horizon=12), trajectories=4)
-    algorithm = MAML(model, sampler.objective, inner_lr=0.1)
+    algorithm = {"maml": MAML, "metasgd": MetaSGD}[algorithm](model, sampler.objective, inner_lr=0.1)
     params = {k: v.to(dtype).requires_grad_() for k, v in algorithm.init_params().items()}
     sampler.act_with(algorithm, params, 1)
     return algorithm, params, sampler.sample(tasks, torch.Generator().manual_seed(seed))
@@ -119,7 +120,24 @@ def test_query_set_was_sampled_by_the_adapted_policy():
         _, _, _, _, mean0, log_std0 = algorithm.objective.unpack(batch.query_y[task])
         torch.testing.assert_close(mean, mean0)
         torch.testing.assert_close(log_std, log_std0)
-    assert float(algorithm.meta_divergence(params, batch, 0).detach()) == pytest.approx(0.0, abs=1e-12)
+    assert float(algorithm.meta_divergence(params, batch).detach()) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("algorithm_name", ["maml", "metasgd"])
+def test_gauss_newton_curvature_equals_the_divergence_hessian_at_the_sampling_policy(algorithm_name):
+    """The product TRPO uses against a Hessian-vector product of the divergence by double backward (float64)."""
+    algorithm, params, batch = sampled(tasks=3, algorithm=algorithm_name)
+    gradient = torch.autograd.grad(algorithm.meta_divergence(params, batch), list(params.values()), create_graph=True)
+    for seed in range(2):
+        g = torch.Generator().manual_seed(seed)
+        tangents = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in params.items()}
+        exact = torch.autograd.grad(
+            sum((d * t).sum() for d, t in zip(gradient, tangents.values())), list(params.values()), retain_graph=True
+        )
+        product = algorithm.divergence_curvature(params, batch)(tangents)
+        assert sum(float(p.detach().abs().sum()) for p in product.values()) > 0
+        for (name, got), want in zip(product.items(), exact):
+            torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-10, msg=name)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -128,18 +146,20 @@ def test_trpo_step_keeps_the_kl_bound_and_improves_the_surrogate(seed):
     optimizer = TRPO(list(params.values()), max_kl=0.01)
     before = {k: v.detach().clone() for k, v in params.items()}
 
-    def objectives():
-        return algorithm.meta_loss(params, batch, 0)[0], algorithm.meta_divergence(params, batch, 0)
+    def loss():
+        return algorithm.meta_loss(params, batch, 0)[0]
+
+    def divergence():
+        return algorithm.meta_divergence(params, batch)
 
     with torch.no_grad():
         start_loss = float(algorithm.meta_loss(params, batch, 0)[0])
-    fraction = optimizer.step(objectives)
+    product = algorithm.divergence_curvature(params, batch)
+    fraction = optimizer.step(loss, divergence, lambda tangents: list(product(dict(zip(params, tangents))).values()))
     with torch.no_grad():
-        loss, divergence = (float(v) for v in objectives())
+        assert float(loss()) < start_loss and float(divergence()) <= 0.01
     assert fraction > 0
     assert any(not torch.equal(before[k], params[k]) for k in params)
-    assert divergence <= 0.01
-    assert loss < start_loss
 
 
 def test_interrupted_and_resumed_run_ends_with_the_straight_runs_weights(tmp_path):

@@ -80,10 +80,9 @@ class MAML(Algorithm):
     def adapt(self, params: dict, support_x, support_y):
         return partial(self.forward, self.adapted_weights(params, support_x, support_y, self.eval_inner_steps))
 
-    def task_divergence(self, params, support_x, support_y, query_x, query_y, step):
-        """The divergence between the query set's sampling policy and the policy adapted now (TRPO's bound)."""
-        fast = self.adapted_weights(params, support_x, support_y, self.inner_steps)
-        return self.objective.divergence(self.forward(fast, query_x), query_y)
+    def task_policy(self, params, support_x, support_y, query_x):
+        """The policy adapted now on the query observations, for the divergence TRPO bounds."""
+        return self.forward(self.adapted_weights(params, support_x, support_y, self.inner_steps), query_x)
 
     def task_loss(self, params, support_x, support_y, query_x, query_y, step):
         first_order = self.first_order or (step is not None and step < self.first_order_until)
