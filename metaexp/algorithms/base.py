@@ -131,14 +131,15 @@ class Algorithm:
             transposed = torch.autograd.grad(
                 outputs, [params[k] for k in names], probe, create_graph=True, allow_unused=True
             )
+            point = outputs.detach().requires_grad_()
+            slope = torch.autograd.grad(self.divergence_of(point, batch), point, create_graph=True)[0]
         moving = [(name, t) for name, t in zip(names, transposed) if t is not None and t.requires_grad]
-        divergence_gradient = grad(partial(self.divergence_of, batch=batch))
 
         def product(tangents: dict) -> dict:
             pushed = torch.autograd.grad(
                 [t for _, t in moving], probe, [tangents[name] for name, _ in moving], retain_graph=True
             )[0]
-            _, curved = torch.func.jvp(divergence_gradient, (outputs.detach(),), (pushed,))
+            curved = torch.autograd.grad(slope, point, pushed, retain_graph=True)[0]
             products = torch.autograd.grad(
                 outputs, [params[k] for k in names], curved, retain_graph=True, allow_unused=True
             )
