@@ -103,7 +103,7 @@ def main(argv: list) -> None:
     from metaexp.summarize import published_tables
 
     parser = argparse.ArgumentParser(prog="metaexp reproduce", description=__doc__)
-    parser.add_argument("presets", nargs="*", help="conf/experiment presets (default: every one with a figure)")
+    parser.add_argument("presets", nargs="*", help="conf/experiment presets (default: all)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--minutes", type=float, default=60.0, help="the time budget of this call")
     parser.add_argument("--runs", type=Path, default=Path("results/runs"), help="run directories (checkpoints)")
@@ -121,7 +121,7 @@ def main(argv: list) -> None:
         raise MetaexpError(
             f"No preset named {', '.join(unknown)} in conf/experiment; `metaexp train --help` lists them."
         )
-    presets = args.presets or [p for p, figures in tables.items() if figures]
+    presets = args.presets or list(tables)
     device = describe_machine(resolve_device(args.device))["device"]
     records = [p for p in args.records.glob("*") if p.is_dir()]
     for preset in [] if args.table_only else presets:

@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import math
 import statistics
 import sys
@@ -224,7 +225,8 @@ def protocol(config: dict, metric: str | None) -> str:
 
 
 def published_tables() -> dict:
-    """Each conf/experiment preset's published figures, keyed by test setting (e.g. {"5w1s": 0.988})."""
+    """Each conf/experiment preset's published figures, keyed by test setting (e.g. {"5w1s": 0.988}; None where
+    the paper gives no figure for a setting the preset is tested in)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -236,7 +238,11 @@ def published_tables() -> dict:
         for path in sorted((conf / "experiment").glob("*.yaml")):
             published = compose("train", overrides=[f"experiment={path.stem}"]).test.get("published")
             table = OmegaConf.to_container(published) if published else {}
-            tables[path.stem] = {k: v for k, v in table.items() if v is not None}
+            # A preset's own setting is in its name (`_20w5s`, `_10shot`); the figures it inherits are set to null.
+            own = re.search(r"_(\d+w\d+s|\d+shot)$", path.stem)
+            tables[path.stem] = {k: v for k, v in table.items() if v is not None or (own and k == own[1])}
+            if own:
+                tables[path.stem].setdefault(own[1], None)
     return tables
 
 
@@ -247,7 +253,7 @@ def attach_published(records: list, tables: dict) -> None:
 
 
 def preset_records(records: list, tables: dict) -> list:
-    """A 'not yet run' record for each published setting of each preset that no run evaluated."""
+    """A 'not yet run' record for each test setting of each preset that no run evaluated."""
     done = {(r["preset"], r["test"]) for r in records if r["test_mean"] is not None}
     return [
         {
@@ -273,7 +279,7 @@ def preset_records(records: list, tables: dict) -> list:
             "wall_time_s": None,
             "tasks_per_sec": None,
             "machine": None,
-            "status": "not yet run",
+            "status": "not yet run" if value is not None else "not yet run; the paper gives no figure",
         }
         for preset, table in tables.items()
         for setting_name, value in table.items()
@@ -430,7 +436,7 @@ def main(argv: list) -> None:
     parser.add_argument(
         "--presets",
         action="store_true",
-        help="add a 'not yet run' row for each published preset setting that no run evaluated",
+        help="add a 'not yet run' row for each preset test setting that no run evaluated",
     )
     args = parser.parse_args(argv)
     records, bad = [], []

@@ -55,3 +55,15 @@ def test_a_spent_budget_trains_nothing_and_changes_nothing(tmp_path):
 def test_an_unknown_preset_is_one_paragraph(tmp_path):
     result = run_cli("reproduce", "maml_nowhere", cwd=tmp_path)
     assert result.returncode == 2 and "No preset named maml_nowhere" in result.stdout, result.stdout + result.stderr
+
+
+def test_every_preset_states_its_papers_figure_or_that_there_is_none():
+    from metaexp.api import compose
+    from metaexp.summarize import published_tables
+
+    for preset, table in published_tables().items():
+        if "halfcheetah" not in preset:  # MAML's paper shows HalfCheetah as learning curves only
+            assert table, f"{preset} names no test setting"
+        if any(v is None for v in table.values()):
+            source = compose([f"experiment={preset}"]).test.source
+            assert " no " in source, f"{preset}: its source should say that the paper gives no figure"
