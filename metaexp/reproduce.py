@@ -100,7 +100,7 @@ def main(argv: list) -> None:
     from metaexp.api import compose
     from metaexp.loop import describe_machine
     from metaexp.components import resolve_device
-    from metaexp.summarize import published_tables
+    from metaexp.summarize import preset_tables
 
     parser = argparse.ArgumentParser(prog="metaexp reproduce", description=__doc__)
     parser.add_argument("presets", nargs="*", help="conf/experiment presets (default: all)")
@@ -115,7 +115,7 @@ def main(argv: list) -> None:
     parser.add_argument("--table-only", action="store_true", help="only regenerate the table from the records")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + 60 * args.minutes
-    tables = published_tables()
+    tables, _ = preset_tables()
     unknown = [p for p in args.presets if p not in tables]
     if unknown:
         raise MetaexpError(

@@ -224,26 +224,31 @@ def protocol(config: dict, metric: str | None) -> str:
         return str(metric)
 
 
-def published_tables() -> dict:
+def preset_tables() -> tuple:
     """Each conf/experiment preset's published figures, keyed by test setting (e.g. {"5w1s": 0.988}; None where
-    the paper gives no figure for a setting the preset is tested in)."""
+    the paper gives no figure for a setting the preset is tested in), and its full schedule: (tasks, examples
+    per task)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from metaexp.api import config_dir
 
     conf = Path(config_dir())
-    tables = {}
+    tables, tasks = {}, {}
     with initialize_config_dir(str(conf), version_base="1.3"):
         for path in sorted((conf / "experiment").glob("*.yaml")):
-            published = compose("train", overrides=[f"experiment={path.stem}"]).test.get("published")
+            cfg = compose("train", overrides=[f"experiment={path.stem}"])
+            s = cfg.sampler
+            examples = s.get("trajectories") or s.get("ways", 1) * (s.get("shots", 0) + s.get("queries", 0))
+            tasks[path.stem] = (cfg.trainer.steps * cfg.trainer.meta_batch, examples)
+            published = cfg.test.get("published")
             table = OmegaConf.to_container(published) if published else {}
             # A preset's own setting is in its name (`_20w5s`, `_10shot`); the figures it inherits are set to null.
             own = re.search(r"_(\d+w\d+s|\d+shot)$", path.stem)
             tables[path.stem] = {k: v for k, v in table.items() if v is not None or (own and k == own[1])}
             if own:
                 tables[path.stem].setdefault(own[1], None)
-    return tables
+    return tables, tasks
 
 
 def attach_published(records: list, tables: dict) -> None:
@@ -252,8 +257,22 @@ def attach_published(records: list, tables: dict) -> None:
             r["published"] = tables[r["preset"]].get(r["test"])
 
 
-def preset_records(records: list, tables: dict) -> list:
-    """A 'not yet run' record for each test setting of each preset that no run evaluated."""
+def expected_time(preset: str, tasks: dict, records: list) -> str:
+    """The preset's full schedule at the throughput a recorded run of it measured (a shortened one, say), or else
+    a run of the same algorithm on the same data set scaled by the examples per task."""
+    family = preset.rsplit("_", 1)[0]
+    timed = [r for r in records if r["tasks_per_sec"] and r["preset"] in tasks]
+    same = [r for r in timed if r["preset"] == preset] or [r for r in timed if r["preset"].startswith(family + "_")]
+    if not same:
+        return "no run of its algorithm and data set recorded to time it"
+    run = min(same, key=lambda r: r["tasks_per_sec"])  # the slowest record: an estimate that errs long
+    rate = run["tasks_per_sec"] * tasks[run["preset"]][1] / tasks[preset][1]
+    basis = "" if run["preset"] == preset else f", scaled from {run['preset']}"
+    return f"about {tasks[preset][0] / rate / 3600:.1f} h on {run['machine'] or 'the machine of its record'}{basis}"
+
+
+def preset_records(records: list, tables: dict, tasks: dict) -> list:
+    """A 'not yet run' record for each test setting of each preset that no run evaluated, with its expected time."""
     done = {(r["preset"], r["test"]) for r in records if r["test_mean"] is not None}
     return [
         {
@@ -279,7 +298,10 @@ def preset_records(records: list, tables: dict) -> list:
             "wall_time_s": None,
             "tasks_per_sec": None,
             "machine": None,
-            "status": "not yet run" if value is not None else "not yet run; the paper gives no figure",
+            "status": "; ".join(
+                ["not yet run", expected_time(preset, tasks, records)]
+                + ([] if value is not None else ["the paper gives no figure"])
+            ),
         }
         for preset, table in tables.items()
         for setting_name, value in table.items()
@@ -455,10 +477,10 @@ def main(argv: list) -> None:
     if grouped:
         records = by_config(records)
     if args.presets or any(r["preset"] for r in records):
-        tables = published_tables()
+        tables, tasks = preset_tables()
         attach_published(records, tables)
         if args.presets:
-            records += preset_records(records, tables)
+            records += preset_records(records, tables, tasks)
     if args.csv:
         out = io.StringIO()
         writer = csv.DictWriter(out, FIELDS, extrasaction="ignore")

@@ -59,11 +59,28 @@ def test_an_unknown_preset_is_one_paragraph(tmp_path):
 
 def test_every_preset_states_its_papers_figure_or_that_there_is_none():
     from metaexp.api import compose
-    from metaexp.summarize import published_tables
+    from metaexp.summarize import preset_tables
 
-    for preset, table in published_tables().items():
+    for preset, table in preset_tables()[0].items():
         if "halfcheetah" not in preset:  # MAML's paper shows HalfCheetah as learning curves only
             assert table, f"{preset} names no test setting"
         if any(v is None for v in table.values()):
             source = compose([f"experiment={preset}"]).test.source
             assert " no " in source, f"{preset}: its source should say that the paper gives no figure"
+
+
+def test_expected_time_of_a_preset_not_yet_run():
+    from metaexp.summarize import expected_time
+
+    tasks = {"maml_omniglot_5w1s": (1_920_000, 10), "maml_omniglot_20w1s": (1_920_000, 40), "reptile_x_5w1s": (1, 2)}
+    records = [
+        {"preset": "maml_omniglot_5w1s", "tasks_per_sec": 100.0, "machine": "CPU"},
+        {"preset": "maml_omniglot_5w1s", "tasks_per_sec": 200.0, "machine": "GPU"},
+        {"preset": None, "tasks_per_sec": 1.0, "machine": "CPU"},
+    ]
+    assert expected_time("maml_omniglot_5w1s", tasks, records) == "about 5.3 h on CPU"  # the slowest record
+    # 20-way tasks hold 4x the examples: a quarter of the rate.
+    assert expected_time("maml_omniglot_20w1s", tasks, records) == (
+        "about 21.3 h on CPU, scaled from maml_omniglot_5w1s"
+    )
+    assert expected_time("reptile_x_5w1s", tasks, records).startswith("no run")
