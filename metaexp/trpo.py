@@ -31,13 +31,12 @@ class TRPO(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
 
-    def step(self, loss, divergence, curvature):
+    def step(self, objective, divergence, curvature):
         """One trust-region step; returns the fraction of the full step taken (0.0 when the search failed)."""
         group = self.param_groups[0]
         params = [p for g in self.param_groups for p in g["params"]]
-        closure = loss
         with torch.enable_grad():
-            loss = closure()
+            loss = objective()
             gradient = flat(torch.autograd.grad(loss, params, allow_unused=True), params)
 
         def fisher(vector):
@@ -45,8 +44,9 @@ class TRPO(torch.optim.Optimizer):
             product = curvature([t.view_as(p) for t, p in zip(tangents, params)])
             return flat(product, params) + group["damping"] * vector
 
-        direction = conjugate_gradient(fisher, gradient, group["cg_iters"])
-        curvature = direction @ fisher(direction)
+        direction, residual = conjugate_gradient(fisher, gradient, group["cg_iters"])
+        # x^T F x without another product: F x = gradient - residual (the residual CG carries; 1 of 11 products).
+        curvature = direction @ (gradient - residual)
         full_step = direction * torch.sqrt(2 * group["max_kl"] / curvature.clamp_min(1e-12))
         start = [p.detach().clone() for p in params]
         with torch.no_grad():
@@ -54,7 +54,7 @@ class TRPO(torch.optim.Optimizer):
                 fraction = group["backtrack"] ** i
                 assign(params, start, -fraction * full_step)
                 # The divergence costs an adaptation too: it is only computed for a step that lowers the loss.
-                if closure() < loss and divergence() <= group["max_kl"]:
+                if objective() < loss and divergence() <= group["max_kl"]:
                     return fraction
             assign(params, start, torch.zeros_like(full_step))
         return 0.0
@@ -91,8 +91,9 @@ def assign(params, start, offset: torch.Tensor) -> None:
         at += p.numel()
 
 
-def conjugate_gradient(product, target: torch.Tensor, iterations: int, tolerance: float = 1e-10) -> torch.Tensor:
-    """x with product(x) ~= target, from x = 0 (Shewchuk's conjugate gradient, as TRPO's reference code)."""
+def conjugate_gradient(product, target: torch.Tensor, iterations: int, tolerance: float = 1e-10) -> tuple:
+    """(x, target - product(x)) with product(x) ~= target, from x = 0 (Shewchuk's conjugate gradient, as TRPO's
+    reference code)."""
     x, residual = torch.zeros_like(target), target.clone()
     direction, norm = residual.clone(), residual @ residual
     for _ in range(iterations):
@@ -103,4 +104,4 @@ def conjugate_gradient(product, target: torch.Tensor, iterations: int, tolerance
         x, residual = x + alpha * direction, residual - alpha * step
         new_norm = residual @ residual
         direction, norm = residual + (new_norm / norm) * direction, new_norm
-    return x
+    return x, residual

@@ -15,7 +15,7 @@ from metaexp.backbones import predict
 from metaexp.backbones.gaussian_policy import GaussianPolicy
 from metaexp.datasets.navigation2d import Navigation2D
 from metaexp.rollouts import RolloutSampler, baseline_features, fit_baseline, log_prob
-from metaexp.trpo import TRPO
+from metaexp.trpo import TRPO, conjugate_gradient
 
 # A short schedule: 2 goals x 3 trajectories of 15 steps, 4 meta-iterations.
 SMALL = [
@@ -138,6 +138,21 @@ def test_gauss_newton_curvature_equals_the_divergence_hessian_at_the_sampling_po
         assert sum(float(p.detach().abs().sum()) for p in product.values()) > 0
         for (name, got), want in zip(product.items(), exact):
             torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-10, msg=name)
+
+
+def test_conjugate_gradient_carries_the_true_residual():
+    """TRPO takes x^T F x as x . (g - residual) instead of another product: the residual must be g - F x."""
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(30, 30, generator=g, dtype=torch.float64)
+    matrix, target = (
+        m @ m.T + 0.1 * torch.eye(30, dtype=torch.float64),
+        torch.randn(30, generator=g, dtype=torch.float64),
+    )
+    x, residual = conjugate_gradient(lambda v: matrix @ v, target, 10)
+    torch.testing.assert_close(residual, target - matrix @ x, rtol=1e-6, atol=1e-8)
+    assert float(residual.norm()) > 1e-3  # 10 of 30 iterations: far from solved, so the check has teeth
+    x, residual = conjugate_gradient(lambda v: matrix @ v, target, 200)
+    torch.testing.assert_close(matrix @ x, target, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
