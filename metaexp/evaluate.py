@@ -82,9 +82,10 @@ def write_report(path: Path, report: dict) -> None:
         file.write(json.dumps(report, indent=2) + "\n")
 
 
-def report_name(settings: dict) -> str:
-    """`eval-<split>-<setting>[-<k>steps]-<n>ep[-seed<s>].json`, so evaluations in other settings sit side by
-    side (a 20-way evaluation does not replace the 5-way one) and a repeat of one setting replaces its own."""
+def report_name(settings: dict, checkpoint: Path) -> str:
+    """`eval-<split>-<setting>[-<k>steps]-<n>ep[-seed<s>][-<checkpoint>].json`, so evaluations in other settings
+    or of other checkpoints sit side by side (a 20-way evaluation does not replace the 5-way one, nor best.pt's
+    last.pt's) and a repeat of one setting replaces its own. last.pt, the default, adds no suffix."""
     sampler = settings["sampler"]
     if settings["episodes_file"]:
         setting = Path(settings["episodes_file"]).stem
@@ -97,7 +98,8 @@ def report_name(settings: dict) -> str:
     steps = f"-{settings['inner_steps']}steps" if settings["inner_steps"] is not None else ""
     seed = f"-seed{settings['seed']}" if settings["seed"] else ""
     norm = "-trainingnorm" if settings.get("norm") == "training" else ""
-    return f"eval-{settings['split']}-{setting}{steps}{norm}-{settings['episodes']}ep{seed}.json"
+    which = f"-{checkpoint.stem}" if checkpoint.stem != "last" else ""
+    return f"eval-{settings['split']}-{setting}{steps}{norm}-{settings['episodes']}ep{seed}{which}.json"
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> float:
@@ -168,7 +170,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         "settings": settings,
         **extra,
     }
-    output = Path(cfg.eval.output) if cfg.eval.output else run_dir_of(path) / report_name(settings)
+    output = Path(cfg.eval.output) if cfg.eval.output else run_dir_of(path) / report_name(settings, path)
     write_report(output, report)
     console.print(
         summary_table(

@@ -427,8 +427,12 @@ def test_evaluations_in_different_settings_are_all_kept(used):
             "eval", f"checkpoint={run}", "eval.episodes=20", "trainer.device=cpu", *extra, cwd=used["base"]
         )
         assert result.returncode == 0, result.stdout[-2000:]
+    best = run / "checkpoints" / "best.pt"
+    result = run_cli("eval", f"checkpoint={best}", "eval.episodes=20", "trainer.device=cpu", cwd=used["base"])
+    assert result.returncode == 0, result.stdout[-2000:]
     names = sorted(p.name for p in run.glob("eval-*.json"))
     assert names == [
+        "eval-test-10shot10q-1steps-20ep-best.json",  # best.pt's evaluation does not replace last.pt's
         "eval-test-10shot10q-1steps-20ep.json",
         "eval-test-5shot10q-1steps-20ep.json",
         "eval-test-5shot10q-3steps-20ep.json",
