@@ -56,6 +56,8 @@ def test_task_chunks_give_the_same_meta_gradient():
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(*grads))
     assert task_chunk_size("auto", torch.device("cpu"), batch) == 4
     assert task_chunk_size("auto", torch.device("cuda"), batch) is None
+    points = torch.rand(25, 10, 1)  # sinusoid tasks: too small for chunks to pay
+    assert task_chunk_size("auto", torch.device("cpu"), TaskBatch(points, points, points, points)) is None
 
 
 def test_refused_settings():
