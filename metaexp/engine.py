@@ -130,7 +130,7 @@ class MetaStep:
 def task_chunk_size(task_chunk, device: torch.device, batch: TaskBatch) -> int | None:
     """Tasks per vmap chunk. `auto`: the whole meta-batch, except on a CPU for tasks whose support set holds over
     1,000 numbers (images, trajectories), where chunks of 4 tasks whose activations fit the cache beat one large
-    batch (benchmarks/bench_engine.py measures it on images; on 2D navigation a TRPO step takes 3.0 s in chunks
+    batch (benchmarks/bench_engine.py measures it on images; on 2D navigation a TRPO step takes 2.7 s in chunks
     of 4 against 3.9 s whole, two threads)."""
     if task_chunk == "auto":
         return 4 if device.type == "cpu" and batch.support_x[0].numel() > 1000 else None

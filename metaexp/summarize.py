@@ -6,8 +6,8 @@ import argparse
 import csv
 import io
 import json
-import re
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
