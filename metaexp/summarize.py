@@ -226,8 +226,8 @@ def protocol(config: dict, metric: str | None) -> str:
 
 def preset_tables() -> tuple:
     """Each conf/experiment preset's published figures, keyed by test setting (e.g. {"5w1s": 0.988}; None where
-    the paper gives no figure for a setting the preset is tested in), and its full schedule: (tasks, examples
-    per task)."""
+    the paper gives no figure for a setting the preset is tested in), and its full schedule: (tasks, work per
+    task), the work being examples per task times passes over them (inner steps plus the query pass)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -240,7 +240,8 @@ def preset_tables() -> tuple:
             cfg = compose("train", overrides=[f"experiment={path.stem}"])
             s = cfg.sampler
             examples = s.get("trajectories") or s.get("ways", 1) * (s.get("shots", 0) + s.get("queries", 0))
-            tasks[path.stem] = (cfg.trainer.steps * cfg.trainer.meta_batch, examples)
+            passes = 1 + (cfg.algorithm.get("inner_steps") or 0)
+            tasks[path.stem] = (cfg.trainer.steps * cfg.trainer.meta_batch, examples * passes)
             published = cfg.test.get("published")
             table = OmegaConf.to_container(published) if published else {}
             # A preset's own setting is in its name (`_20w5s`, `_10shot`); the figures it inherits are set to null.
@@ -251,29 +252,46 @@ def preset_tables() -> tuple:
     return tables, tasks
 
 
+# Overrides that leave a preset as its paper ran it: schedule and device (a shortened run says so in its
+# status), seed, where the data lives, loggers. Any other override makes a variant, which has no published figure.
+AS_PUBLISHED = ("experiment=", "trainer.", "seed=", "dataset.root=", "logger", "paths.", "hydra.")
+
+
+def runs_preset(record: dict, tables: dict) -> bool:
+    return record["preset"] in tables and all(o.startswith(AS_PUBLISHED) for o in record["overrides"])
+
+
 def attach_published(records: list, tables: dict) -> None:
     for r in records:
-        if r["test"] is not None and r["preset"] in tables:
+        if r["test"] is not None and runs_preset(r, tables):
             r["published"] = tables[r["preset"]].get(r["test"])
 
 
 def expected_time(preset: str, tasks: dict, records: list) -> str:
-    """The preset's full schedule at the throughput a recorded run of it measured (a shortened one, say), or else
-    a run of the same algorithm on the same data set scaled by the examples per task."""
+    """The preset's full schedule on each machine with a record to time it: at the throughput a recorded run of
+    the preset measured (a shortened one, say), or else a run of the same algorithm on the same data set scaled
+    by the work per task (examples times passes: on one H200, MAML's 20-way 5-step tasks cost 13x its 5-way
+    1-step ones in `bench_engine.py`, and this scale says 12x)."""
     family = preset.rsplit("_", 1)[0]
     timed = [r for r in records if r["tasks_per_sec"] and r["preset"] in tasks]
     same = [r for r in timed if r["preset"] == preset] or [r for r in timed if r["preset"].startswith(family + "_")]
     if not same:
         return "no run of its algorithm and data set recorded to time it"
-    run = min(same, key=lambda r: r["tasks_per_sec"])  # the slowest record: an estimate that errs long
-    rate = run["tasks_per_sec"] * tasks[run["preset"]][1] / tasks[preset][1]
-    basis = "" if run["preset"] == preset else f", scaled from {run['preset']}"
-    return f"about {tasks[preset][0] / rate / 3600:.1f} h on {run['machine'] or 'the machine of its record'}{basis}"
+    estimates = []
+    for machine in sorted({r["machine"] or "the machine of its record" for r in same}):
+        mine = [r for r in same if (r["machine"] or "the machine of its record") == machine]
+        run = min(mine, key=lambda r: r["tasks_per_sec"])  # the slowest record: an estimate that errs long
+        rate = run["tasks_per_sec"] * tasks[run["preset"]][1] / tasks[preset][1]
+        basis = "" if run["preset"] == preset else f", scaled from {run['preset']}"
+        hours = tasks[preset][0] / rate / 3600
+        span = f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
+        estimates.append(f"about {span} on {machine}{basis}")
+    return "; ".join(estimates)
 
 
 def preset_records(records: list, tables: dict, tasks: dict) -> list:
     """A 'not yet run' record for each test setting of each preset that no run evaluated, with its expected time."""
-    done = {(r["preset"], r["test"]) for r in records if r["test_mean"] is not None}
+    done = {(r["preset"], r["test"]) for r in records if r["test_mean"] is not None and runs_preset(r, tables)}
     return [
         {
             "run": preset,

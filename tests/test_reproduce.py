@@ -75,12 +75,32 @@ def test_expected_time_of_a_preset_not_yet_run():
     tasks = {"maml_omniglot_5w1s": (1_920_000, 10), "maml_omniglot_20w1s": (1_920_000, 40), "reptile_x_5w1s": (1, 2)}
     records = [
         {"preset": "maml_omniglot_5w1s", "tasks_per_sec": 100.0, "machine": "CPU"},
-        {"preset": "maml_omniglot_5w1s", "tasks_per_sec": 200.0, "machine": "GPU"},
+        {"preset": "maml_omniglot_5w1s", "tasks_per_sec": 150.0, "machine": "CPU"},
+        {"preset": "maml_omniglot_5w1s", "tasks_per_sec": 4000.0, "machine": "GPU"},
         {"preset": None, "tasks_per_sec": 1.0, "machine": "CPU"},
     ]
-    assert expected_time("maml_omniglot_5w1s", tasks, records) == "about 5.3 h on CPU"  # the slowest record
-    # 20-way tasks hold 4x the examples: a quarter of the rate.
+    # One estimate per machine, each from its slowest record.
+    assert expected_time("maml_omniglot_5w1s", tasks, records) == "about 5.3 h on CPU; about 8 min on GPU"
+    # 20-way tasks hold 4x the work: a quarter of the rate.
     assert expected_time("maml_omniglot_20w1s", tasks, records) == (
-        "about 21.3 h on CPU, scaled from maml_omniglot_5w1s"
+        "about 21.3 h on CPU, scaled from maml_omniglot_5w1s; about 32 min on GPU, scaled from maml_omniglot_5w1s"
     )
     assert expected_time("reptile_x_5w1s", tasks, records).startswith("no run")
+
+
+def test_a_variant_of_a_preset_is_not_compared_with_its_paper():
+    from metaexp.summarize import attach_published, preset_records
+
+    tables, tasks = {"maml_nav": {"return_1steps": -11.68}}, {"maml_nav": (100, 1)}
+
+    def record(*overrides):
+        return {"preset": "maml_nav", "overrides": ["experiment=maml_nav", *overrides], "test": "return_1steps",
+                "test_mean": -10.0, "published": None, "tasks_per_sec": 1.0, "machine": "CPU"}  # fmt: skip
+
+    shortened, variant = record("trainer.steps=5", "trainer.device=cpu"), record("dataset.oracle=true")
+    attach_published([shortened, variant], tables)
+    assert shortened["published"] == -11.68 and variant["published"] is None
+    # Only the variant ran: the preset's own row is still "not yet run".
+    (row,) = preset_records([variant], tables, tasks)
+    assert row["preset"] == "maml_nav" and row["status"].startswith("not yet run")
+    assert preset_records([shortened, variant], tables, tasks) == []
