@@ -77,16 +77,20 @@ def keep_record(run: Path, record: Path) -> None:
         shutil.copy2(report, record / report.name)
 
 
-def regenerate(page: Path, folders: list) -> None:
-    """Replace the table between the markers of `page` (appended at its end the first time)."""
+def summarize(folders: list, *options: str) -> str:
+    """The standard output of `metaexp summarize` over the record folders."""
     result = subprocess.run(
-        [sys.executable, "-m", "metaexp", "summarize", *map(str, folders), "--presets", "--markdown"],
-        capture_output=True,
-        text=True,
+        [sys.executable, "-m", "metaexp", "summarize", *map(str, folders), *options], capture_output=True, text=True
     )
     if result.returncode:
         raise MetaexpError(f"metaexp summarize failed on {', '.join(map(str, folders))}: {result.stdout}")
-    table = f"{TABLE_START}\n{result.stdout.strip()}\n{TABLE_END}"
+    return result.stdout
+
+
+def regenerate(page: Path, folders: list) -> None:
+    """Replace the table between the markers of `page` (appended at its end the first time) and redraw the
+    learning curves beside it (`results_curves.png`)."""
+    table = f"{TABLE_START}\n{summarize(folders, '--presets', '--markdown').strip()}\n{TABLE_END}"
     text = page.read_text() if page.is_file() else "# Results measured by metaexp\n"
     if TABLE_START in text and TABLE_END in text:
         before, rest = text.split(TABLE_START, 1)
@@ -94,6 +98,7 @@ def regenerate(page: Path, folders: list) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + table + "\n"
     page.write_text(text)
+    summarize(folders, "--plot", str(page.with_name("results_curves.png")))
 
 
 def main(argv: list) -> None:

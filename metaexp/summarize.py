@@ -343,20 +343,25 @@ def short(override: str) -> str:
     return f"{key}=.../{Path(value).name}" if "/" in value else override
 
 
-def label_runs(records: list) -> None:
-    """Name each record by the overrides that differ between runs (or its directory name when none differ)."""
+def differing(records: list, ignore: tuple = ()) -> list:
+    """Per record, its overrides whose key differs between the records (a value, or being set at all)."""
     keys = {}
     for r in records:
         for o in r["overrides"]:
             key, _, value = o.partition("=")
             keys.setdefault(key, set()).add(value)
-    differing = {
+    varying = {
         k
         for k, values in keys.items()
-        if len(values) > 1 or any(k not in {o.partition("=")[0] for o in r["overrides"]} for r in records)
+        if not k.startswith(ignore)
+        and (len(values) > 1 or any(k not in {o.partition("=")[0] for o in r["overrides"]} for r in records))
     }
-    for r in records:
-        parts = [short(o) for o in r["overrides"] if o.partition("=")[0] in differing]
+    return [[short(o) for o in r["overrides"] if o.partition("=")[0] in varying] for r in records]
+
+
+def label_runs(records: list) -> None:
+    """Name each record by the overrides that differ between runs (or its directory name when none differ)."""
+    for r, parts in zip(records, differing(records)):
         r["label"] = " ".join(parts) or Path(r["run"]).name
         r["config"] = " ".join(p for p in parts if not p.startswith("seed="))
 
@@ -422,9 +427,15 @@ def cells(r: dict) -> list:
     return [shown[field] for _, field in COLUMNS]
 
 
+# Overrides that say how a run was driven, not what it trained: left out of the curves' labels.
+BOOKKEEPING = ("trainer.resume", "trainer.minutes", "trainer.log_every", "trainer.val_every", "hydra.")
+
+
 def plot(records: list, path: Path, grouped: bool) -> None:
     """Validation metric vs step: one panel per validation protocol (metric and training setting), one line with
-    markers per run or config (band: min-max over seeds)."""
+    markers per run or config (band: min-max over seeds), each labelled by what differs within its panel."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -434,29 +445,38 @@ def plot(records: list, path: Path, grouped: bool) -> None:
     protocols = sorted({r["protocol"] for r in records if r["metric"] and r["val_curve"]})
     if not protocols:
         raise MetaexpError("None of these runs has validation metrics to plot yet.")
-    figure, axes = plt.subplots(1, len(protocols), figsize=(6.5 * len(protocols), 5), squeeze=False)
-    for axis, name in zip(axes[0], protocols):
-        seen = set()
-        for r in records:
+    columns = min(3, len(protocols))
+    rows = math.ceil(len(protocols) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(7 * columns, 5.5 * rows), squeeze=False)
+    for axis in axes.flat[len(protocols) :]:
+        axis.set_visible(False)
+    for axis, name in zip(axes.flat, protocols):
+        panel = [r for r in records if r["protocol"] == name and any(r.get("val_curves") or [r["val_curve"]])]
+        # One line per run (per config when grouped): a run's evaluations in several settings share its curve.
+        panel = list({r["label"]: r for r in panel}.values())
+        names = [r["label"] for r in panel] if grouped else [" ".join(p) for p in differing(panel, BOOKKEEPING)]
+        for r, label in zip(panel, names):
             curves = [c for c in (r.get("val_curves") if grouped else [r["val_curve"]]) if c]
-            if r["protocol"] != name or r["label"] in seen or not curves:
-                continue
-            seen.add(r["label"])
             steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
             values = [[dict(c)[s] for c in curves] for s in steps]
-            label = r["label"] if len(r["label"]) <= 40 else r["label"][:37] + "..."
+            label = textwrap.fill(label or Path(r["run"]).name, 48, max_lines=3, placeholder=" ...")
             (line,) = axis.plot(steps, [sum(v) / len(v) for v in values], marker="o", markersize=4, label=label)
             if len(curves) > 1:
                 axis.fill_between(
                     steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2, color=line.get_color()
                 )
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        every = [step for r in panel for step, _ in r["val_curve"]]
+        if min(every) > 0 and max(every) > 100 * min(every):
+            axis.set_xscale("log")  # a 2-minute run beside a full schedule: both readable
+        else:
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
         axis.set_xlabel("meta-training step")
         axis.set_ylabel(f"validation {name.split(',')[0]}")
         axis.set_title(f"validation: {name}" + (" (mean; band: min-max over seeds)" if grouped else ""))
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
     figure.savefig(path, dpi=110, bbox_inches="tight")
 
 

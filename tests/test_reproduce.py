@@ -31,6 +31,7 @@ def test_reproduce_trains_evaluates_records_and_regenerates_the_table(tmp_path):
     table = page.split("<!-- metaexp reproduce: table -->")[1]
     assert "experiment=maml_sinusoid_5shot" in table and "experiment=metasgd_sinusoid_5shot" in table
     assert "| maml_sinusoid_10shot | 10shot |" in table and "not yet run" in table  # the presets not run yet
+    assert (tmp_path / "results_curves.png").stat().st_size > 0  # the learning curves, redrawn beside the page
     metrics = (tmp_path / "runs" / PRESETS[0] / "metrics.jsonl").read_text()
 
     again = reproduce(tmp_path, "--minutes", "10")
