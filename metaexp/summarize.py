@@ -343,6 +343,11 @@ def short(override: str) -> str:
     return f"{key}=.../{Path(value).name}" if "/" in value else override
 
 
+# Overrides that say how a run was driven, not what it trained: left out of configs (seeds of one config group
+# together whatever budget each call had) and of the curves' labels.
+BOOKKEEPING = ("trainer.resume", "trainer.minutes", "trainer.log_every", "trainer.val_every", "hydra.")
+
+
 def differing(records: list, ignore: tuple = ()) -> list:
     """Per record, its overrides whose key differs between the records (a value, or being set at all)."""
     keys = {}
@@ -360,10 +365,11 @@ def differing(records: list, ignore: tuple = ()) -> list:
 
 
 def label_runs(records: list) -> None:
-    """Name each record by the overrides that differ between runs (or its directory name when none differ)."""
-    for r, parts in zip(records, differing(records)):
+    """Name each record by the overrides that differ between runs (or its directory name when none differ), and
+    its config by those that change what was trained other than the seed."""
+    for r, parts, trained in zip(records, differing(records), differing(records, BOOKKEEPING)):
         r["label"] = " ".join(parts) or Path(r["run"]).name
-        r["config"] = " ".join(p for p in parts if not p.startswith("seed="))
+        r["config"] = " ".join(p for p in trained if not p.startswith("seed="))
 
 
 def t_interval(values: list) -> float:
@@ -425,10 +431,6 @@ def cells(r: dict) -> list:
     if r["test_mean"] is not None:
         shown["test_mean"] = f"{r['test_mean']:.4f} ± {r['test_ci95']:.4f}"
     return [shown[field] for _, field in COLUMNS]
-
-
-# Overrides that say how a run was driven, not what it trained: left out of the curves' labels.
-BOOKKEEPING = ("trainer.resume", "trainer.minutes", "trainer.log_every", "trainer.val_every", "hydra.")
 
 
 def plot(records: list, path: Path, grouped: bool) -> None:
