@@ -13,7 +13,6 @@ import argparse
 import json
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -45,22 +44,6 @@ def metaexp(*args: str) -> subprocess.CompletedProcess:
 def last_step(run: Path) -> int:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] if run.exists() else []
     return max((r["step"] for r in rows), default=0)
-
-
-def expected_minutes(preset: str, steps: int, meta_batch: int, records: list, device: str) -> str:
-    """The preset's full schedule at the throughput its earlier records on this kind of device measured."""
-    rates = []
-    for record in records:
-        machine = record / "machine.json"
-        if record.name == preset and machine.is_file() and json.loads(machine.read_text()).get("device") == device:
-            rates += [
-                r["tasks_per_sec"]
-                for r in map(json.loads, (record / "metrics.jsonl").read_text().splitlines())
-                if r.get("split") == "train" and r.get("tasks_per_sec")
-            ]
-    if not rates:
-        return "unknown (no earlier record on this device)"
-    return f"about {steps * meta_batch / statistics.median(rates) / 60:.0f} min of training"
 
 
 def keep_record(run: Path, record: Path) -> None:
@@ -105,7 +88,7 @@ def main(argv: list) -> None:
     from metaexp.api import compose
     from metaexp.loop import describe_machine
     from metaexp.components import resolve_device
-    from metaexp.summarize import preset_tables
+    from metaexp.summarize import expected_time, preset_tables, read_records
 
     parser = argparse.ArgumentParser(prog="metaexp reproduce", description=__doc__)
     parser.add_argument("presets", nargs="*", help="conf/experiment presets (default: all)")
@@ -120,7 +103,7 @@ def main(argv: list) -> None:
     parser.add_argument("--table-only", action="store_true", help="only regenerate the table from the records")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + 60 * args.minutes
-    tables, _ = preset_tables()
+    tables, tasks = preset_tables()
     unknown = [p for p in args.presets if p not in tables]
     if unknown:
         raise MetaexpError(
@@ -128,12 +111,14 @@ def main(argv: list) -> None:
         )
     presets = args.presets or list(tables)
     device = describe_machine(resolve_device(args.device))["device"]
-    records = [p for p in args.records.glob("*") if p.is_dir()]
+    # Earlier records made on this kind of device time each preset (a table with no records reads as none).
+    records = read_records([args.records])[0] if list(args.records.glob("**/.hydra/config.yaml")) else []
+    records = [r for r in records if r["machine"] == device]
     for preset in [] if args.table_only else presets:
         cfg = compose([f"experiment={preset}", *args.set])
         run = args.runs / preset
-        print(f"== {preset}: {cfg.trainer.steps} steps, "
-              f"{expected_minutes(preset, cfg.trainer.steps, cfg.trainer.meta_batch, records, device)}")  # fmt: skip
+        schedule = {**tasks, preset: (cfg.trainer.steps * cfg.trainer.meta_batch, tasks[preset][1])}
+        print(f"== {preset}: {cfg.trainer.steps} steps, {expected_time(preset, schedule, records)}")
         if last_step(run) < cfg.trainer.steps and not train(preset, run, cfg.trainer.steps, deadline, args):
             break
         if last_step(run) == cfg.trainer.steps:

@@ -205,6 +205,17 @@ def describe(run: Path) -> list:
     return records
 
 
+def read_records(paths: list) -> tuple:
+    """(records of every readable run at or under the paths, [(run, BadRun) of the others])."""
+    records, bad = [], []
+    for run in find_runs(paths):
+        try:
+            records += describe(run)
+        except BadRun as error:
+            bad.append((run, error))
+    return records, bad
+
+
 def setting(sampler: dict) -> str:
     """`5w1s` for classification episodes, `10shot` for regression, `40traj` for policies."""
     if "ways" in sampler:
@@ -501,12 +512,7 @@ def main(argv: list) -> None:
         help="add a 'not yet run' row for each preset test setting that no run evaluated",
     )
     args = parser.parse_args(argv)
-    records, bad = [], []
-    for run in find_runs(args.dirs):
-        try:
-            records += describe(run)
-        except BadRun as error:
-            bad.append((run, error))
+    records, bad = read_records(args.dirs)
     warnings = Console(stderr=True)  # standard output may be the CSV or Markdown table
     for run, error in bad:
         warnings.print(f"[yellow]skipped {run}:[/yellow] {escape(str(error))}", highlight=False, soft_wrap=True)

@@ -36,6 +36,10 @@ def test_reproduce_trains_evaluates_records_and_regenerates_the_table(tmp_path):
 
     again = reproduce(tmp_path, "--minutes", "10")
     assert again.returncode == 0, again.stdout + again.stderr
+    # The first call's records time the presets on this device now.
+    assert "no run of its algorithm" in first.stdout.split("== metasgd_sinusoid_5shot")[0], first.stdout
+    timed = [line for line in again.stdout.splitlines() if line.startswith("== maml_sinusoid_5shot:")]
+    assert timed and " on " in timed[0] and "about " in timed[0], again.stdout
     assert (tmp_path / "runs" / PRESETS[0] / "metrics.jsonl").read_text() == metrics  # finished: not retrained
     assert (tmp_path / "results.md").read_text() == page
     (tmp_path / "results.md").write_text(page.replace("Prose above", "Edited prose above"))
