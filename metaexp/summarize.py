@@ -288,9 +288,11 @@ def expected_time(preset: str, tasks: dict, records: list) -> str:
     same = [r for r in timed if r["preset"] == preset] or [r for r in timed if r["preset"].startswith(family + "_")]
     if not same:
         return "no run of its algorithm and data set recorded to time it"
+    by_machine = {}
+    for r in same:
+        by_machine.setdefault(r["machine"] or "the machine of its record", []).append(r)
     estimates = []
-    for machine in sorted({r["machine"] or "the machine of its record" for r in same}):
-        mine = [r for r in same if (r["machine"] or "the machine of its record") == machine]
+    for machine, mine in sorted(by_machine.items()):
         run = min(mine, key=lambda r: r["tasks_per_sec"])  # the slowest record: an estimate that errs long
         rate = run["tasks_per_sec"] * tasks[run["preset"]][1] / tasks[preset][1]
         basis = "" if run["preset"] == preset else f", scaled from {run['preset']}"
