@@ -46,6 +46,11 @@ def last_step(run: Path) -> int:
     return max((r["step"] for r in rows), default=0)
 
 
+def holds_records(folder: Path) -> bool:
+    """Whether any run record lies at or under `folder` (summarize refuses a folder without one)."""
+    return any(folder.glob("**/.hydra/config.yaml"))
+
+
 def keep_record(run: Path, record: Path) -> None:
     """Copy what the results page needs (no checkpoints) from a run directory to its record folder."""
     if record.exists():
@@ -112,7 +117,7 @@ def main(argv: list) -> None:
     presets = args.presets or list(tables)
     device = describe_machine(resolve_device(args.device))["device"]
     # Earlier records made on this kind of device time each preset (a table with no records reads as none).
-    records = read_records([args.records])[0] if list(args.records.glob("**/.hydra/config.yaml")) else []
+    records = read_records([args.records])[0] if holds_records(args.records) else []
     records = [r for r in records if r["machine"] == device]
     for preset in [] if args.table_only else presets:
         cfg = compose([f"experiment={preset}", *args.set])
@@ -124,7 +129,7 @@ def main(argv: list) -> None:
         if last_step(run) == cfg.trainer.steps:
             evaluate(preset, run, tables[preset], args)
         keep_record(run, args.records / preset)
-    folders = [f for f in (args.records, *args.extra) if list(f.glob("**/.hydra/config.yaml"))]
+    folders = [f for f in (args.records, *args.extra) if holds_records(f)]
     if not folders:
         print(f"== no run has been recorded yet; {args.page} is unchanged")
         return
