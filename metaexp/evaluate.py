@@ -1,16 +1,18 @@
 """Evaluation: adapt on held-out tasks, report mean and 95% confidence interval, write eval.json."""
 
 import contextlib
+import inspect
 import json
 import math
 import statistics
 from pathlib import Path
 
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from metaexp import checkpoint
+from metaexp import checkpoint, summarize
 from metaexp.components import build, build_algorithm, build_sampler, resolve_device
 from metaexp.backbones.layers import training_statistics
 from metaexp.engine import task_chunk_size
@@ -92,7 +94,7 @@ def report_name(settings: dict, checkpoint: Path) -> str:
     elif "ways" in sampler:
         setting = f"{sampler['ways']}w{sampler['shots']}s{sampler['queries']}q"
     elif "trajectories" in sampler:
-        setting = f"{sampler['trajectories']}traj"
+        setting = summarize.setting(sampler)
     else:
         setting = f"{sampler['shots']}shot{sampler['queries']}q"
     steps = f"-{settings['inner_steps']}steps" if settings["inner_steps"] is not None else ""
@@ -114,7 +116,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     if episodes is not None and "ways" in run_cfg.sampler:
         chosen["ways"] = ways_of(episodes)  # the file's own N, whatever the run trained on
     for key, value in chosen.items():
-        if key not in run_cfg.sampler:
+        if key not in run_cfg.sampler and not takes(run_cfg.sampler._target_, key):
             raise MetaexpError(
                 f"sampler.{key} does not apply to this checkpoint's sampler "
                 f"({run_cfg.sampler._target_}); leave it unset."
@@ -214,6 +216,12 @@ def adaptation_scores(cfg, sampler, algorithm, params: dict, generator) -> tuple
     steps = min(algorithm.eval_inner_steps, len(curve) - 1)
     by_step = [dict(zip(("steps", "mean", "ci95"), (k, *mean_ci95(row.tolist())))) for k, row in enumerate(curve)]
     return curve[steps], None, {"by_inner_step": by_step}
+
+
+def takes(target: str, key: str) -> bool:
+    """Whether the sampler class `target` has the setting `key`: one added after a checkpoint was saved
+    applies to it although its saved config does not name it."""
+    return key in inspect.signature(get_class(target)).parameters
 
 
 def checked_params(expected: dict, saved: dict, path: Path) -> dict:

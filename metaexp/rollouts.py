@@ -45,8 +45,10 @@ class PolicyGradient(Objective):
         return -(ratio * advantages * masks).sum() / masks.sum().clamp_min(1.0)
 
     def mean_return(self, prediction: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean over the task's episodes, counting those whose first step is unmasked (a budgeted batch leaves
+        the slots past its budget empty)."""
         _, _, masks, rewards, _, _ = self.unpack(y)
-        return (rewards * masks).sum() / (masks.shape[-1] // self.horizon)
+        return (rewards * masks).sum() / masks.reshape(-1, self.horizon)[:, 0].sum().clamp_min(1.0)
 
     def divergence(self, prediction: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _, _, masks, _, old_mean, old_log_std = self.unpack(y)
@@ -120,8 +122,8 @@ def advantages(observations, rewards, masks, gamma: float, gae_lambda: float) ->
 class RolloutSampler:
     """Tasks of an RL task family with `trajectories` (K) episodes each: the support set sampled with the
     current policy, the query set with the policy the algorithm adapted to the support set (`act_with` gives
-    the sampler the algorithm and its live parameters). `curve_steps` and `later_rate` set the test protocol
-    of `adaptation_curve`."""
+    the sampler the algorithm and its live parameters). `curve_steps`, `later_rate` and `budget` set the test
+    protocol of `adaptation_curve`."""
 
     def __init__(
         self,
@@ -131,11 +133,14 @@ class RolloutSampler:
         gae_lambda: float = 1.0,
         curve_steps: int = 3,
         later_rate: float = 0.5,
+        budget: int | None = None,
         device="cpu",
     ):
         at_least_one(trajectories=trajectories, curve_steps=curve_steps)
+        if budget is not None:
+            at_least_one(budget=budget)
         self.env, self.trajectories, self.gamma, self.gae_lambda = data, trajectories, gamma, gae_lambda
-        self.curve_steps, self.later_rate = curve_steps, later_rate
+        self.curve_steps, self.later_rate, self.budget = curve_steps, later_rate, budget
         self.device = torch.device(device)
         self.objective = PolicyGradient(data.horizon, data.action_size)
         self.outputs = data.action_size
@@ -194,8 +199,26 @@ class RolloutSampler:
     def episodes(self, goals, weights: dict, generator, shared: bool, trajectories: int | None = None) -> tuple:
         """Observations `[B, K*T, obs]` and packed targets `[B, K*T, F]` of K episodes per task; `weights` are
         one policy for all tasks (`shared`) or one per task."""
+        return self.packed(*self.rollout(goals, weights, generator, shared, trajectories or self.trajectories))
+
+    def budgeted(self, goals, weights: dict, generator) -> tuple:
+        """As `episodes`, batched as the released MAML code's test loop (rllab's `batch_size`): whole episodes in
+        the order sampled until each task has `budget` environment steps, the last one cut at the budget, so a
+        policy whose episodes end early gets more of them. Drawn `trajectories` episodes at a time."""
+        rounds = [self.rollout(goals, weights, generator, False, self.trajectories)]
+        while (sum(r[3].sum((1, 2)) for r in rounds) < self.budget).any():
+            rounds.append(self.rollout(goals, weights, generator, False, self.trajectories))
+        observations, actions, rewards, masks, means, log_stds = (torch.cat(parts, 1) for parts in zip(*rounds))
+        lengths = masks.sum(-1)
+        before = (lengths.cumsum(1) - lengths).unsqueeze(-1)  # the task's steps collected before each episode
+        time = torch.arange(masks.shape[-1], device=masks.device, dtype=masks.dtype)
+        masks = masks * (before + time < self.budget).to(masks.dtype)
+        return self.packed(observations, actions, rewards, masks, means, log_stds)
+
+    def rollout(self, goals, weights: dict, generator, shared: bool, k: int) -> tuple:
+        """(observations, actions, rewards, masks, means, log-stds), each `[B, K, T, ...]`, of K episodes per
+        task; after an episode ends its steps are masked and its state stays put."""
         policy = vmap(lambda w, o: predict(self.algorithm.model, w, o), in_dims=(None if shared else 0, 0))
-        k = trajectories or self.trajectories
         state = self.env.reset(goals, k, generator)
         alive = torch.ones(state.shape[:2], dtype=torch.bool, device=self.device)
         steps = []
@@ -208,7 +231,11 @@ class RolloutSampler:
             steps.append((observation, action, reward, alive.to(reward.dtype), mean, log_std))
             state = torch.where(alive.unsqueeze(-1).to(state.device), following, state)
             alive = alive & ~done
-        observations, actions, rewards, masks, means, log_stds = (torch.stack(s, 2) for s in zip(*steps))
+        return tuple(torch.stack(s, 2) for s in zip(*steps))
+
+    def packed(self, observations, actions, rewards, masks, means, log_stds) -> tuple:
+        """The algorithm's view of `rollout`'s episodes: observations `[B, K*T, obs]` and packed targets
+        `[B, K*T, F]`, advantages taken over each task's unmasked steps."""
         advantage = advantages(observations, rewards * masks, masks, self.gamma, self.gae_lambda)
         y = self.objective.pack(actions, advantage, masks, rewards, means, log_stds)
         return observations.flatten(1, 2), y.flatten(1, 2)
@@ -216,7 +243,8 @@ class RolloutSampler:
     def adaptation_curve(self, tasks: int, meta_batch: int, generator) -> torch.Tensor:
         """Mean return per task `[curve_steps + 1, tasks]` after 0..`curve_steps` policy-gradient steps, each on
         fresh trajectories of the policy so far (Finn et al. 2017, figure 4); the steps after the first take
-        `later_rate` times the algorithm's inner rate (the paper: 0.1, then 0.05)."""
+        `later_rate` times the algorithm's inner rate (the paper: 0.1, then 0.05). Each step's batch is
+        `trajectories` episodes, or `budget` environment steps where that is set."""
         steps = self.curve_steps
         curves = []
         for start in range(0, tasks, meta_batch):
@@ -226,7 +254,10 @@ class RolloutSampler:
             for step in range(steps + 1):
                 with torch.no_grad():
                     weights = self.algorithm.model_params(params)
-                    x, y = self.episodes(goals, weights, generator, shared=False)
+                    if self.budget:
+                        x, y = self.budgeted(goals, weights, generator)
+                    else:
+                        x, y = self.episodes(goals, weights, generator, shared=False)
                     returns.append(vmap(self.objective.mean_return)(x, y))
                 if step < steps:
                     scale = 1.0 if step == 0 else self.later_rate

@@ -184,18 +184,25 @@ def describe(run: Path) -> list:
     if not evals:
         return [{**base, "test": None, "test_mean": None, "test_ci95": None, "episodes": None, "ci": None}]
     records = []
+    test = config.get("test") or {}
     for path in evals:
         report = read_report(path)
         # A policy's report holds a curve: one record per number of adaptation steps (`return_1steps`).
         points = report.get("by_inner_step") or [{"steps": None, "mean": report["mean"], "ci95": report["ci95"]}]
-        # An evaluation with other batch-norm statistics than the run's own test protocol says so in its name.
-        norm, own = report["settings"].get("norm", "episode"), (config.get("test") or {}).get("norm", "episode")
+        # An evaluation with other batch-norm statistics than the run's own test protocol says so in its name,
+        # and a policy's curve in other batches than its protocol's (`return_2steps (4000envsteps)`).
+        norm, own = report["settings"].get("norm", "episode"), test.get("norm", "episode")
+        name = setting(report["settings"]["sampler"])
+        batches = "" if name == setting({**config.get("sampler", {}), **test.get("sampler", {})}) else f" ({name})"
         for point in points:
-            name = setting(report["settings"]["sampler"]) + (f" ({norm} norm)" if norm != own else "")
             records.append(
                 {
                     **base,
-                    "test": name if point["steps"] is None else f"{metric}_{point['steps']}steps",
+                    "test": (
+                        name + (f" ({norm} norm)" if norm != own else "")
+                        if point["steps"] is None
+                        else f"{metric}_{point['steps']}steps{batches}"
+                    ),
                     "test_mean": point["mean"],
                     "test_ci95": point["ci95"],
                     "episodes": report["episodes"],
@@ -217,9 +224,12 @@ def read_records(paths: list) -> tuple:
 
 
 def setting(sampler: dict) -> str:
-    """`5w1s` for classification episodes, `10shot` for regression, `40traj` for policies."""
+    """`5w1s` for classification episodes, `10shot` for regression, `40traj` for policies (`4000envsteps` for
+    a policy tested on a budget of environment steps)."""
     if "ways" in sampler:
         return f"{sampler['ways']}w{sampler['shots']}s"
+    if sampler.get("budget"):
+        return f"{sampler['budget']}envsteps"
     if "trajectories" in sampler:
         return f"{sampler['trajectories']}traj"
     return f"{sampler['shots']}shot"

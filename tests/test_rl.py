@@ -67,6 +67,40 @@ def test_finished_episodes_are_masked_and_stay_put():
     assert float((rewards * masks).sum()) == pytest.approx(-0.1)
 
 
+def test_a_budgeted_batch_is_whole_episodes_until_the_budget_the_last_one_cut():
+    env = Navigation2D(horizon=6)
+    model = GaussianPolicy(log_std=-20.0)  # deterministic: the mean action
+    sampler = RolloutSampler(env, trajectories=3, budget=10)
+    algorithm = MAML(model, sampler.objective, inner_lr=0.1)
+    params = {k: torch.zeros_like(v) for k, v in algorithm.init_params().items()}
+    params["head.bias"] = torch.tensor([1.0, 0.0])  # 0.1 right per step
+    params["log_std"] = torch.full((2,), -20.0)
+    sampler.act_with(algorithm, params, 1)
+    goals = torch.tensor([[0.3, 0.0]])  # reached at step 3: rewards -0.2, -0.1, -0.0
+    weights = {k: v.unsqueeze(0) for k, v in algorithm.model_params(params).items()}
+    x, y = sampler.budgeted(goals, weights, torch.Generator())
+    _, _, masks, rewards, _, _ = sampler.objective.unpack(y)
+    full, cut, unused = [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0], [0] * 6
+    assert masks[0].view(-1, 6).tolist() == [full, full, full, cut, unused, unused]  # 9 steps, then 1 of 3
+    assert float(sampler.objective.mean_return(None, y[0])) == pytest.approx((3 * -0.3 - 0.2) / 4)
+    x, y = sampler.episodes(goals, weights, torch.Generator(), shared=False)
+    assert float(sampler.objective.mean_return(None, y[0])) == pytest.approx(-0.3)
+
+
+def test_a_budget_of_whole_episodes_is_the_fixed_count_batch():
+    env = Navigation2D(horizon=8, tolerance=0.0)  # no episode ends early
+    sampler = RolloutSampler(env, trajectories=4, budget=4 * 8)
+    torch.manual_seed(0)
+    algorithm = MAML(GaussianPolicy(), sampler.objective, inner_lr=0.1)
+    params = algorithm.init_params()
+    sampler.act_with(algorithm, params, 1)
+    goals = torch.tensor([[0.3, -0.1], [-0.2, 0.4]])
+    weights = {k: v.expand(2, *v.shape) for k, v in algorithm.model_params(params).items()}
+    budgeted = sampler.budgeted(goals, weights, torch.Generator().manual_seed(1))
+    fixed = sampler.episodes(goals, weights, torch.Generator().manual_seed(1), shared=False)
+    assert all(torch.equal(a, b) for a, b in zip(budgeted, fixed))
+
+
 def test_linear_baseline_is_the_least_squares_fit():
     g = torch.Generator().manual_seed(0)
     observations = torch.randn(3, 4, 10, 2, generator=g, dtype=torch.float64)
@@ -211,7 +245,27 @@ def test_interrupted_and_resumed_run_ends_with_the_straight_runs_weights(tmp_pat
     table = run_cli("summarize", tmp_path / "resumed", "--markdown", cwd=tmp_path)
     assert table.returncode == 0, table.stdout + table.stderr
     for point in report["by_inner_step"]:
-        assert f"| return_{point['steps']}steps | {point['mean']:.4f}" in table.stdout
+        assert f"| return_{point['steps']}steps (2traj) | {point['mean']:.4f}" in table.stdout  # not the 40 of its test
+
+    # A checkpoint saved before sampler.budget existed takes it at evaluation, into a report and rows of its own.
+    state = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=False)
+    del state["config"]["sampler"]["budget"]
+    torch.save(state, tmp_path / "resumed/checkpoints/older.pt")
+    budgeted = run_cli(
+        "eval",
+        f"checkpoint={tmp_path / 'resumed/checkpoints/older.pt'}",
+        "eval.episodes=4",
+        "trainer.device=cpu",
+        "sampler.budget=40",
+        "sampler.later_rate=0.25",
+        cwd=tmp_path,
+    )
+    assert budgeted.returncode == 0, budgeted.stdout + budgeted.stderr
+    report = json.loads((tmp_path / "resumed/eval-test-40envsteps-1steps-4ep-older.json").read_text())
+    assert report["settings"]["sampler"]["budget"] == 40 and report["settings"]["sampler"]["later_rate"] == 0.25
+    assert all(r["mean"] < 0 for r in report["by_inner_step"])
+    table = run_cli("summarize", tmp_path / "resumed", "--markdown", cwd=tmp_path).stdout
+    assert f"| return_2steps (40envsteps) | {report['by_inner_step'][2]['mean']:.4f}" in table
 
 
 @pytest.mark.parametrize(
