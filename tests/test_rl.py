@@ -227,16 +227,7 @@ def test_interrupted_and_resumed_run_ends_with_the_straight_runs_weights(tmp_pat
     train = [r for r in rows if r["split"] == "train"]
     assert all(r["return_before_adaptation"] < 0 and r["env_steps_per_sec"] > 0 for r in train)
 
-    evaluated = run_cli(
-        "eval",
-        f"checkpoint={tmp_path / 'resumed'}",
-        "eval.episodes=6",
-        "eval.meta_batch=4",
-        "trainer.device=cpu",
-        "sampler.trajectories=2",
-        cwd=tmp_path,
-    )
-    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    evaluate(tmp_path / "resumed", "eval.episodes=6", "eval.meta_batch=4", "sampler.trajectories=2", cwd=tmp_path)
     report = only_report(tmp_path / "resumed")
     assert report["metric"] == "return" and report["episodes"] == 6
     assert [r["steps"] for r in report["by_inner_step"]] == [0, 1, 2, 3]
@@ -251,21 +242,24 @@ def test_interrupted_and_resumed_run_ends_with_the_straight_runs_weights(tmp_pat
     state = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=False)
     del state["config"]["sampler"]["budget"]
     torch.save(state, tmp_path / "resumed/checkpoints/older.pt")
-    budgeted = run_cli(
-        "eval",
-        f"checkpoint={tmp_path / 'resumed/checkpoints/older.pt'}",
+    evaluate(
+        tmp_path / "resumed/checkpoints/older.pt",
         "eval.episodes=4",
-        "trainer.device=cpu",
         "sampler.budget=40",
         "sampler.later_rate=0.25",
         cwd=tmp_path,
     )
-    assert budgeted.returncode == 0, budgeted.stdout + budgeted.stderr
     report = json.loads((tmp_path / "resumed/eval-test-40envsteps-1steps-4ep-older.json").read_text())
     assert report["settings"]["sampler"]["budget"] == 40 and report["settings"]["sampler"]["later_rate"] == 0.25
     assert all(r["mean"] < 0 for r in report["by_inner_step"])
     table = run_cli("summarize", tmp_path / "resumed", "--markdown", cwd=tmp_path).stdout
     assert f"| return_2steps (40envsteps) | {report['by_inner_step'][2]['mean']:.4f}" in table
+
+
+def evaluate(checkpoint, *settings, cwd) -> None:
+    """`metaexp eval` of `checkpoint` on the CPU, run from `cwd`; it must succeed."""
+    result = run_cli("eval", f"checkpoint={checkpoint}", "trainer.device=cpu", *settings, cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(
