@@ -7,14 +7,25 @@ import torch.nn.functional as F
 
 
 class Objective:
-    """How one task is scored: `loss(pred, y)` to optimise and `score(pred, y)` to report as `metric`.
+    """How one task is scored: `loss(pred, y)` to optimise and `score(pred, y)` to report as `metric`;
+    `inner_loss`, where given, is the loss of gradient-based inner steps (a policy's can differ from its
+    meta-objective in its second derivatives only).
 
     A plain class, not a dataclass: Hydra would turn a dataclass argument of `instantiate` into a config.
     """
 
-    def __init__(self, metric: str, higher_is_better: bool, loss: Callable, score: Callable, task: str = ""):
+    def __init__(
+        self,
+        metric: str,
+        higher_is_better: bool,
+        loss: Callable,
+        score: Callable,
+        task: str = "",
+        inner_loss: Callable | None = None,
+    ):
         self.metric, self.higher_is_better, self.loss, self.score = metric, higher_is_better, loss, score
         self.task = task or f"{metric} regression"
+        self.inner_loss = inner_loss or loss
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

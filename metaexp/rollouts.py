@@ -7,6 +7,11 @@ policy-gradient objective.
 Loss normalisation (it sets what the inner step size means): log-probabilities summed over action dimensions,
 the importance-weighted advantage averaged over the valid time steps of all K trajectories of the task.
 Advantages: GAE(gamma, lambda) on a linear baseline fitted per task (Duan et al. 2016), normalised per task.
+
+The inner step's surrogate (`inner_loss`): `likelihood`, -mean(log pi(a|s) x A) as MAML's released code, or
+`ratio`, -mean(pi(a|s) / pi_old(a|s) x A), ProMP's low-variance-curvature estimator (Rothfuss et al. 2019).
+Both have the same gradient at the sampling policy, so adaptation is the same; they differ in the Hessian
+that the meta-gradient and TRPO's curvature differentiate through: `ratio` adds E[grad log pi grad log pi^T A].
 """
 
 import math
@@ -19,6 +24,7 @@ from metaexp.backbones import predict
 from metaexp.errors import MetaexpError
 from metaexp.objectives import Objective
 from metaexp.samplers import TaskBatch, at_least_one
+from metaexp.settings import one_of
 
 
 class PolicyGradient(Objective):
@@ -26,8 +32,9 @@ class PolicyGradient(Objective):
     the sampling policy is REINFORCE's), `score` the mean return per trajectory, `divergence` the mean
     KL(sampling policy || policy) that TRPO bounds."""
 
-    def __init__(self, horizon: int, action_size: int):
-        super().__init__("return", True, self.surrogate, self.mean_return, task="reinforcement-learning")
+    def __init__(self, horizon: int, action_size: int, inner_loss: str = "likelihood"):
+        inner = {"likelihood": self.likelihood, "ratio": self.surrogate}[inner_loss]
+        super().__init__("return", True, self.surrogate, self.mean_return, "reinforcement-learning", inner)
         self.horizon, self.action_size = horizon, action_size
 
     def unpack(self, y: torch.Tensor) -> tuple:
@@ -43,6 +50,12 @@ class PolicyGradient(Objective):
         mean, log_std = prediction.chunk(2, -1)
         ratio = torch.exp(log_prob(actions, mean, log_std) - log_prob(actions, old_mean, old_log_std))
         return -(ratio * advantages * masks).sum() / masks.sum().clamp_min(1.0)
+
+    def likelihood(self, prediction: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """-mean(log-likelihood x advantage): the surrogate's gradient without its importance weight."""
+        actions, advantages, masks, _, _, _ = self.unpack(y)
+        mean, log_std = prediction.chunk(2, -1)
+        return -(log_prob(actions, mean, log_std) * advantages * masks).sum() / masks.sum().clamp_min(1.0)
 
     def mean_return(self, prediction: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean over the task's episodes, counting those whose first step is unmasked (a budgeted batch leaves
@@ -131,6 +144,7 @@ class RolloutSampler:
         trajectories: int = 20,
         gamma: float = 0.99,
         gae_lambda: float = 1.0,
+        inner_loss: str = "likelihood",
         curve_steps: int = 3,
         later_rate: float = 0.5,
         budget: int | None = None,
@@ -142,7 +156,8 @@ class RolloutSampler:
         self.env, self.trajectories, self.gamma, self.gae_lambda = data, trajectories, gamma, gae_lambda
         self.curve_steps, self.later_rate, self.budget = curve_steps, later_rate, budget
         self.device = torch.device(device)
-        self.objective = PolicyGradient(data.horizon, data.action_size)
+        one_of("sampler.inner_loss", inner_loss, ("likelihood", "ratio"))
+        self.objective = PolicyGradient(data.horizon, data.action_size, inner_loss)
         self.outputs = data.action_size
         self.algorithm = self.params = None
         self.reset_tally()

@@ -63,7 +63,7 @@ class MAML(Algorithm):
         """The adapted weights after each of `steps` inner steps on the support set (rates times `scale`)."""
 
         def support_loss(fast):
-            return self.objective.loss(self.forward(fast, support_x), support_y)
+            return self.objective.inner_loss(self.forward(fast, support_x), support_y)
 
         def rate(name, i):
             return scale * self.inner_rate(params, name, i)
