@@ -185,6 +185,7 @@ def describe(run: Path) -> list:
         return [{**base, "test": None, "test_mean": None, "test_ci95": None, "episodes": None, "ci": None}]
     records = []
     test = config.get("test") or {}
+    tested_in = setting({**config.get("sampler", {}), **test.get("sampler", {})})  # the run's own test protocol
     for path in evals:
         report = read_report(path)
         # A policy's report holds a curve: one record per number of adaptation steps (`return_1steps`).
@@ -193,7 +194,7 @@ def describe(run: Path) -> list:
         # and a policy's curve in other batches than its protocol's (`return_2steps (4000envsteps)`).
         norm, own = report["settings"].get("norm", "episode"), test.get("norm", "episode")
         name = setting(report["settings"]["sampler"])
-        batches = "" if name == setting({**config.get("sampler", {}), **test.get("sampler", {})}) else f" ({name})"
+        batches = "" if name == tested_in else f" ({name})"
         for point in points:
             records.append(
                 {
