@@ -50,15 +50,19 @@ def test_navigation_steps_match_a_direct_computation():
     assert done.tolist() == [[False, False], [True, False]]  # (0, 0.04) is 0.0005 from its goal
 
 
-def test_finished_episodes_are_masked_and_stay_put():
-    env = Navigation2D(horizon=6)
-    model = GaussianPolicy(log_std=-20.0)  # deterministic: the mean action
-    sampler = RolloutSampler(env, trajectories=1)
-    algorithm = MAML(model, sampler.objective, inner_lr=0.1)
+def rightward(sampler: RolloutSampler):
+    """(MAML, params) of a deterministic policy that moves 0.1 right a step, wired into `sampler`."""
+    algorithm = MAML(GaussianPolicy(log_std=-20.0), sampler.objective, inner_lr=0.1)
     params = {k: torch.zeros_like(v) for k, v in algorithm.init_params().items()}
-    params["head.bias"] = torch.tensor([1.0, 0.0])  # 0.1 right per step
-    params["log_std"] = torch.full((2,), -20.0)
+    params["head.bias"] = torch.tensor([1.0, 0.0])  # action (1, 0): 0.1 right per step
+    params["log_std"] = torch.full((2,), -20.0)  # deterministic: the mean action
     sampler.act_with(algorithm, params, 1)
+    return algorithm, params
+
+
+def test_finished_episodes_are_masked_and_stay_put():
+    sampler = RolloutSampler(Navigation2D(horizon=6), trajectories=1)
+    algorithm, params = rightward(sampler)
     goals = torch.tensor([[0.2, 0.0]])
     x, y = sampler.episodes(goals, algorithm.model_params(params), torch.Generator(), shared=True)
     _, _, masks, rewards, _, _ = sampler.objective.unpack(y)
@@ -68,14 +72,8 @@ def test_finished_episodes_are_masked_and_stay_put():
 
 
 def test_a_budgeted_batch_is_whole_episodes_until_the_budget_the_last_one_cut():
-    env = Navigation2D(horizon=6)
-    model = GaussianPolicy(log_std=-20.0)  # deterministic: the mean action
-    sampler = RolloutSampler(env, trajectories=3, budget=10)
-    algorithm = MAML(model, sampler.objective, inner_lr=0.1)
-    params = {k: torch.zeros_like(v) for k, v in algorithm.init_params().items()}
-    params["head.bias"] = torch.tensor([1.0, 0.0])  # 0.1 right per step
-    params["log_std"] = torch.full((2,), -20.0)
-    sampler.act_with(algorithm, params, 1)
+    sampler = RolloutSampler(Navigation2D(horizon=6), trajectories=3, budget=10)
+    algorithm, params = rightward(sampler)
     goals = torch.tensor([[0.3, 0.0]])  # reached at step 3: rewards -0.2, -0.1, -0.0
     weights = {k: v.unsqueeze(0) for k, v in algorithm.model_params(params).items()}
     x, y = sampler.budgeted(goals, weights, torch.Generator())
