@@ -10,6 +10,8 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from metaexp.trust import check_targets
+
 
 def config_dir() -> str:
     """The config tree: `metaexp/conf` inside an installed wheel, `conf/` at the top of a source checkout."""
@@ -53,9 +55,11 @@ class LoadedRun:
     reports: dict = field(default_factory=dict)
 
 
-def load_run(run_dir, checkpoint: str = "best") -> LoadedRun:
+def load_run(run_dir, checkpoint: str = "best", trust: tuple = ()) -> LoadedRun:
     """Rebuild a run's algorithm from the config in its `checkpoints/<checkpoint>.pt` (no data is read), with
-    its weights, metrics rows and evaluation reports."""
+    its weights, metrics rows and evaluation reports. The config may name only metaexp's components (and
+    torch's optimizers), or classes under the module prefixes in `trust`: a checkpoint from elsewhere cannot
+    run code (metaexp.trust)."""
     from metaexp import checkpoint as checkpoints
     from metaexp.evaluate import checked_params
     from metaexp.logs import read_metrics
@@ -64,6 +68,7 @@ def load_run(run_dir, checkpoint: str = "best") -> LoadedRun:
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     state = checkpoints.load(path)
     cfg = OmegaConf.create(state["config"])
+    check_targets(cfg, path, trust)
     objective = get_class(cfg.sampler._target_).objective
     algorithm = instantiate(cfg.algorithm, model=instantiate(cfg.backbone), objective=objective)
     params = checked_params(algorithm.init_params(), state["params"], path)

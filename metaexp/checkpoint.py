@@ -29,17 +29,30 @@ def load(path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise MetaexpError(
-            f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
-            f"It may be truncated or not written by metaexp; use the run's other checkpoint (last.pt or "
-            f"best.pt) or train again."
+            f"{path} is not a readable checkpoint ({reason(error)}). It may be empty, truncated or not written "
+            f"by metaexp; use the run's other checkpoint (last.pt or best.pt) or train again."
         ) from error
-    if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED):
+    if (
+        not isinstance(payload, dict)
+        or any(key not in payload for key in REQUIRED)
+        or not isinstance(payload["config"], dict)
+        or not isinstance(payload["params"], dict)
+    ):
         raise MetaexpError(
-            f"{path} loads but is not a metaexp checkpoint (it lacks {', '.join(REQUIRED)}). "
+            f"{path} loads but is not a metaexp checkpoint (it needs params and config as mappings, and a step). "
             f"Point at a file that `metaexp train` wrote under <run>/checkpoints/."
         )
     payload["config"] = upgraded(payload["config"])
     return payload
+
+
+def reason(error: Exception) -> str:
+    """The first line of a load error, without torch's advice to load with weights_only=False: that would let
+    the file run code, which is what the checked load exists to prevent."""
+    first = next(iter(str(error).splitlines()), "")
+    if "weights_only" in first or "Weights only load failed" in first:
+        first = "it holds objects other than tensors and plain values, which metaexp never writes"
+    return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
 
 
 # Module paths of metaexp 0.1.0 before the modules took the names of their config groups.

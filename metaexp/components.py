@@ -1,12 +1,17 @@
 """Compose the run's components from the config with `hydra.utils.instantiate`."""
 
+import contextlib
+import inspect
+import typing
+
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from metaexp.algorithms.base import Algorithm
+from metaexp import settings
 from metaexp.errors import MetaexpError
 
 
@@ -32,6 +37,7 @@ def resolve_device(name: str) -> torch.device:
 
 def build(node: DictConfig, what: str, **kwargs):
     """Instantiate one config node; an exception raised inside becomes a MetaexpError naming the node."""
+    check_types(node)
     try:
         return instantiate(node, **kwargs)
     except (InstantiationException, OmegaConfBaseException) as error:
@@ -44,13 +50,35 @@ def build(node: DictConfig, what: str, **kwargs):
         ) from error
 
 
+def component_class(node: DictConfig):
+    """The class a config node names, or None where it cannot be found (build() then names the node)."""
+    try:
+        return get_class(node._target_)
+    except (ImportError, AttributeError, ValueError, OmegaConfBaseException):
+        return None
+
+
+def check_types(node: DictConfig) -> None:
+    """Refuse a value of the wrong type for its class's constructor (`sampler.gamma=abc`, `algorithm.chunks=1.5`)
+    in one paragraph, before anything is built: the constructor's annotations are the schema."""
+    cls = component_class(node) if isinstance(node, DictConfig) and "_target_" in node else None
+    try:
+        hints = typing.get_type_hints(cls.__init__) if inspect.isclass(cls) else {}
+    except Exception:  # annotations that do not evaluate (a library's) are no schema
+        return
+    for key in node.keys():
+        if key in hints and not OmegaConf.is_missing(node, key):
+            with contextlib.suppress(OmegaConfBaseException):  # an interpolation instantiate will report
+                value = node[key]
+                kinds = settings.plain_types(hints[key])
+                if kinds and not settings.fits(value, kinds):
+                    settings.refuse(f"{node._key()}.{key}", value, settings.describe(hints[key]))
+
+
 def check_objective(node: DictConfig, objective) -> None:
     """Refuse a classification-only algorithm on regression tasks before its config is resolved (its
     `ways: ${sampler.ways}` would fail first, with a message about a missing key)."""
-    try:
-        algorithm = get_class(node._target_)
-    except (ImportError, AttributeError, ValueError, OmegaConfBaseException):
-        return  # build() reports an unknown class with the node's name
+    algorithm = component_class(node)
     if isinstance(algorithm, type) and issubclass(algorithm, Algorithm):
         algorithm.check_objective(objective)
 
@@ -58,10 +86,7 @@ def check_objective(node: DictConfig, objective) -> None:
 def check_backbone(node: DictConfig, sampler) -> None:
     """Refuse a policy backbone on supervised tasks, or any other backbone on a reinforcement-learning task
     family, before the config is resolved (a classifier's `${sampler.ways}` would fail first, unhelpfully)."""
-    try:
-        policy = getattr(get_class(node._target_), "is_policy", False)
-    except (ImportError, AttributeError, ValueError, OmegaConfBaseException):
-        return  # build() reports an unknown class with the node's name
+    policy = getattr(component_class(node), "is_policy", False)
     name = node._target_.rsplit(".", 1)[-1]
     if policy and not hasattr(sampler, "act_with"):
         raise MetaexpError(
@@ -87,12 +112,25 @@ def build_sampler(cfg: DictConfig, dataset, split: str, device: torch.device):
         raise MetaexpError(f"The {split} split: {error}") from error
 
 
+def check_training_norm(algorithm: type) -> None:
+    """Refuse test.norm=training for an algorithm class that cannot run its backbone alone over training images."""
+    if not getattr(algorithm, "training_norm", True):
+        raise MetaexpError(
+            f"test.norm=training runs the backbone alone over training images, and {algorithm.__name__} "
+            f"runs it as twin networks with fast weights, so it tests with each episode's statistics only. Use "
+            f"test.norm=episode."
+        )
+
+
 def build_algorithm(cfg: DictConfig, sampler):
     """The algorithm over a fresh backbone, checked against the sampler's task shape before any training."""
     check_objective(cfg.algorithm, sampler.objective)
     check_backbone(cfg.backbone, sampler)
     model = build(cfg.backbone, "backbone")
     algorithm = build(cfg.algorithm, "algorithm", model=model, objective=sampler.objective)
+    algorithm.check_sampler(sampler)
+    if cfg.get("test", {}).get("norm") == "training":
+        check_training_norm(type(algorithm))
     if algorithm.uses_head and model.head.out_features != sampler.outputs:
         raise MetaexpError(
             f"The backbone's head has {model.head.out_features} outputs but the tasks need {sampler.outputs} "

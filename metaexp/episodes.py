@@ -72,6 +72,7 @@ def check_episode(path: Path, number: int, episode) -> None:
             raise MetaexpError(f"{where}: the label {entry[1]!r} of {entry!r} is not a class number 0, 1, 2, ...")
         if len(entry) == 3 and (not isinstance(entry[2], int) or entry[2] % 90):
             raise MetaexpError(f"{where}: rotation {entry[2]!r} is not a multiple of 90 degrees.")
+        check_reference(where, Path(path).parent, entry[0])
     support = {e[1] for e in episode["support"]}
     if support != set(range(len(support))) or not {e[1] for e in episode["query"]} <= support:
         raise MetaexpError(
@@ -79,6 +80,23 @@ def check_episode(path: Path, number: int, episode) -> None:
             f"has {sorted(support)}, query has {sorted({e[1] for e in episode['query']})}); a class "
             f"without support examples cannot be learned from the episode."
         )
+
+
+def check_reference(where: str, folder: Path, ref) -> None:
+    """An entry names a row of the split or an image file inside the episode file's folder: a file passed on
+    by someone else must not read `../../elsewhere`, an absolute path, a FIFO (it would hang) or /dev/zero."""
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        return
+    if not isinstance(ref, str):
+        raise MetaexpError(f"{where}: {ref!r} is neither a row number nor an image path.")
+    image = (folder / ref).resolve()
+    if not image.is_relative_to(folder.resolve()):
+        raise MetaexpError(
+            f"{where}: the image {ref!r} lies outside the episode file's folder {folder}; an episode file names "
+            f"images by paths relative to its own folder, below it."
+        )
+    if not image.is_file():
+        raise MetaexpError(f"{where}: the image {ref!r} is not a file in {folder}.")
 
 
 def ways_of(episodes: list) -> int:

@@ -12,8 +12,15 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from metaexp import checkpoint, summarize
-from metaexp.components import build, build_algorithm, build_sampler, resolve_device
+from metaexp import checkpoint, labels
+from metaexp.components import (
+    build,
+    build_algorithm,
+    build_sampler,
+    check_training_norm,
+    component_class,
+    resolve_device,
+)
 from metaexp.backbones.layers import training_statistics
 from metaexp.engine import task_chunk_size
 from metaexp.episodes import load_episodes, read_episodes, ways_of, write_episodes
@@ -22,6 +29,7 @@ from metaexp.files import replacing
 from metaexp.logs import console, summary_table
 from metaexp.rundir import checkpoint_file, run_dir_of
 from metaexp.settings import check_eval
+from metaexp.trust import check_targets
 from metaexp.samplers import task_generator
 
 
@@ -84,19 +92,21 @@ def write_report(path: Path, report: dict) -> None:
         file.write(json.dumps(report, indent=2) + "\n")
 
 
-def report_name(settings: dict, checkpoint: Path) -> str:
-    """`eval-<split>-<setting>[-<k>steps]-<n>ep[-seed<s>][-<checkpoint>].json`, so evaluations in other settings
-    or of other checkpoints sit side by side (a 20-way evaluation does not replace the 5-way one, nor best.pt's
-    last.pt's) and a repeat of one setting replaces its own. last.pt, the default, adds no suffix."""
+def report_name(settings: dict, checkpoint: Path, standard: dict) -> str:
+    """`eval-<split>-<setting>[-<departures>][-<k>steps]-<n>ep[-seed<s>][-<checkpoint>].json`, so evaluations in
+    other settings or of other checkpoints sit side by side (a 20-way evaluation does not replace the 5-way one,
+    nor best.pt's last.pt's, nor a test with another discount the standard one) and a repeat of one setting
+    replaces its own. `standard` is the run's own test sampler; last.pt, the default, adds no suffix."""
     sampler = settings["sampler"]
     if settings["episodes_file"]:
         setting = Path(settings["episodes_file"]).stem
     elif "ways" in sampler:
         setting = f"{sampler['ways']}w{sampler['shots']}s{sampler['queries']}q"
     elif "trajectories" in sampler:
-        setting = summarize.setting(sampler)
+        setting = labels.setting(sampler)
     else:
         setting = f"{sampler['shots']}shot{sampler['queries']}q"
+    setting += labels.departures(standard, sampler)
     steps = f"-{settings['inner_steps']}steps" if settings["inner_steps"] is not None else ""
     seed = f"-seed{settings['seed']}" if settings["seed"] else ""
     norm = "-trainingnorm" if settings.get("norm") == "training" else ""
@@ -110,7 +120,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     path = checkpoint_file(Path(cfg.checkpoint))
     state = checkpoint.load(path)
     run_cfg = OmegaConf.create(state["config"])
+    check_targets(run_cfg, path, cfg.get("trust"))
     protocol = run_cfg.get("test") or {}
+    standard = OmegaConf.to_container(OmegaConf.merge(run_cfg.sampler, protocol.get("sampler") or {}))
     episodes = load_episodes(Path(cfg.eval.episodes_file)) if cfg.eval.episodes_file else None
     chosen = {**(protocol.get("sampler") or {}), **{k: v for k, v in cfg.sampler.items() if v is not None}}
     if episodes is not None and "ways" in run_cfg.sampler:
@@ -132,6 +144,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
                 f"({run_cfg.dataset._target_}) is generated, not read from disk; leave it unset."
             )
         run_cfg.dataset.root = cfg.dataset.root
+    if norm == "training":
+        check_training_norm(component_class(run_cfg.algorithm))
     device = resolve_device(cfg.trainer.device)
     try:
         dataset = build(run_cfg.dataset, "dataset")
@@ -143,7 +157,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
     params = {k: v.to(device) for k, v in params.items()}
     generator = task_generator(cfg.seed, cfg.eval.split, device)
     if hasattr(sampler, "act_with"):
-        scores, losses, extra = adaptation_scores(cfg, sampler, algorithm, params, generator)
+        scores, losses, extra = adaptation_scores(cfg, sampler, algorithm, params, generator, norm)
     else:
         train_sampler = build_sampler(run_cfg, dataset, "train", device) if norm == "training" else sampler
         # The run's own seed, not the eval's: the statistics stay those its validation used, whatever episodes.
@@ -172,7 +186,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> float:
         "settings": settings,
         **extra,
     }
-    output = Path(cfg.eval.output) if cfg.eval.output else run_dir_of(path) / report_name(settings, path)
+    output = Path(cfg.eval.output) if cfg.eval.output else run_dir_of(path) / report_name(settings, path, standard)
     write_report(output, report)
     console.print(
         summary_table(
@@ -206,14 +220,25 @@ def episode_scores(cfg, sampler, dataset, algorithm, params: dict, episodes, gen
     return scores, losses, {}
 
 
-def adaptation_scores(cfg, sampler, algorithm, params: dict, generator) -> tuple:
+def adaptation_scores(cfg, sampler, algorithm, params: dict, generator, norm: str) -> tuple:
     """(returns after the algorithm's test inner steps, None, {"by_inner_step": [...]}) of a policy on
     `eval.episodes` held-out tasks: the curve of returns after 0..curve_steps policy-gradient steps."""
     if cfg.eval.episodes_file or cfg.eval.save_episodes:
         raise MetaexpError("eval.episodes_file and eval.save_episodes are for classification episodes only.")
+    if norm != "episode":
+        raise MetaexpError(
+            f"test.norm={norm} sets batch-norm statistics of images, and a policy has no batch norm; leave "
+            f"test.norm unset for reinforcement-learning checkpoints."
+        )
+    if algorithm.eval_inner_steps > sampler.curve_steps:
+        raise MetaexpError(
+            f"test.inner_steps={algorithm.eval_inner_steps} is past the curve this test measures "
+            f"(sampler.curve_steps={sampler.curve_steps} policy-gradient steps). Set "
+            f"sampler.curve_steps={algorithm.eval_inner_steps} as well, or fewer inner steps."
+        )
     sampler.act_with(algorithm, params, algorithm.eval_inner_steps)
     curve = sampler.adaptation_curve(cfg.eval.episodes, cfg.eval.meta_batch, generator).float().cpu()
-    steps = min(algorithm.eval_inner_steps, len(curve) - 1)
+    steps = algorithm.eval_inner_steps
     by_step = [dict(zip(("steps", "mean", "ci95"), (k, *mean_ci95(row.tolist())))) for k, row in enumerate(curve)]
     return curve[steps], None, {"by_inner_step": by_step}
 

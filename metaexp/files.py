@@ -20,6 +20,8 @@ def replacing(path: Path, mode: str = "wb"):
     except OSError as error:
         raise unwritable(path, error) from error
     try:
+        # mkstemp creates 0600; the file gets what a plain open() would give it, so collaborators can read it.
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as file:
             yield file
         os.replace(tmp, path)
@@ -29,6 +31,12 @@ def replacing(path: Path, mode: str = "wb"):
         if isinstance(error, (OSError, RuntimeError)) and not isinstance(error, MetaexpError):
             raise unwritable(path, error) from error
         raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def unwritable(path: Path, error: Exception) -> MetaexpError:

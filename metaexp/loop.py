@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from metaexp import __version__, checkpoint, distributed, rundir, trpo
-from metaexp.components import build, build_algorithm, build_sampler, resolve_device
+from metaexp.components import build, build_algorithm, build_sampler, component_class, resolve_device
 from metaexp.engine import MetaStep
 from metaexp.errors import MetaexpError
 from metaexp.evaluate import evaluate_batches, sampled_batches, statistics_generator, test_statistics
@@ -160,10 +160,10 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
     params = {k: v.to(device).requires_grad_() for k, v in algorithm.init_params().items()}
     val_sampler = build_sampler(cfg, dataset, "val", device)
     act(train_sampler, val_sampler, algorithm=algorithm, params=params)
+    if getattr(component_class(cfg.optim), "needs_divergence", False):  # before `capturable`, which TRPO lacks
+        trpo.check_fits(algorithm, cuda_graph=cfg.trainer.cuda_graph)
     capturable = {"capturable": True} if cfg.trainer.cuda_graph else {}
     optimizer = build(cfg.optim, "optimizer", params=list(params.values()), **capturable)
-    if getattr(optimizer, "needs_divergence", False):
-        trpo.check_fits(algorithm, cuda_graph=cfg.trainer.cuda_graph)
     scheduler = build(cfg.scheduler, "scheduler", optimizer=optimizer) if cfg.get("scheduler") else None
     if scheduler is not None and cfg.trainer.cuda_graph:
         raise MetaexpError(

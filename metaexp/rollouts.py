@@ -24,7 +24,7 @@ from metaexp.backbones import predict
 from metaexp.errors import MetaexpError
 from metaexp.objectives import Objective
 from metaexp.samplers import TaskBatch, at_least_one
-from metaexp.settings import one_of
+from metaexp.settings import at_least, one_of, within
 
 
 class PolicyGradient(Objective):
@@ -151,6 +151,9 @@ class RolloutSampler:
         device="cpu",
     ):
         at_least_one(trajectories=trajectories, curve_steps=curve_steps)
+        within("sampler.gamma", gamma, 0, 1)
+        within("sampler.gae_lambda", gae_lambda, 0, 1)
+        at_least("sampler.later_rate", later_rate, 0)
         if budget is not None:
             at_least_one(budget=budget)
         self.env, self.trajectories, self.gamma, self.gae_lambda = data, trajectories, gamma, gae_lambda

@@ -6,7 +6,8 @@ The YAML files under conf/ hold the values; these dataclasses hold what a value 
 """
 
 from dataclasses import dataclass
-from typing import Any, Optional, get_args
+from types import UnionType
+from typing import Any, Optional, Union, get_args, get_origin
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
@@ -121,6 +122,36 @@ def one_of(key: str, value, choices: tuple) -> None:
 
 def refuse(key: str, value, expected: str):
     raise MetaexpError(f"{key}={value!r} is not valid: it must be {expected}. Set it again on the command line.")
+
+
+def plain_types(kind) -> tuple:
+    """The types of an annotation made only of int, float, bool, str and None (`Optional[float]` ->
+    (float, NoneType)); () for any other annotation, which is then not checked."""
+    options = get_args(kind) if get_origin(kind) in (Union, UnionType) else (kind,)
+    return options if all(k in (int, float, bool, str, type(None)) for k in options) else ()
+
+
+def fits(value, kinds: tuple) -> bool:
+    """Whether a config value is of one of `kinds` (a whole number is a number; true is not a number)."""
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, int):
+        return int in kinds or float in kinds
+    return isinstance(value, tuple(k for k in kinds if k is not bool))
+
+
+def at_least(key: str, value, low, whole: bool = False) -> None:
+    """Refuse a setting below `low` (above it, for a number: `low` is excluded unless `whole`)."""
+    if whole and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+        refuse(key, value, f"a whole number of {low} or more")
+    if not whole and not value > low:
+        refuse(key, value, f"a number above {low}")
+
+
+def within(key: str, value, low: float, high: float) -> None:
+    """Refuse a number outside [low, high]."""
+    if not low <= value <= high:
+        refuse(key, value, f"a number from {low} to {high}")
 
 
 def describe(kind) -> str:

@@ -3,10 +3,13 @@ metrics, published figures, steps, wall time, throughput and machine; a rich tab
 learning curves with `--plot`."""
 
 import argparse
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
+import os
 import re
 import statistics
 import sys
@@ -14,7 +17,10 @@ from pathlib import Path
 
 import yaml
 
+from metaexp import __version__
 from metaexp.errors import MetaexpError
+from metaexp.files import replacing
+from metaexp.labels import departures, setting
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -130,6 +136,8 @@ def load_run(run: Path) -> tuple:
     if config is None:
         raise BadRun(".hydra/config.yaml is empty")
     overrides = yaml_file(run / ".hydra" / "overrides.yaml", list, [])
+    if not all(isinstance(o, str) for o in overrides):
+        raise BadRun(".hydra/overrides.yaml holds entries that are not override strings")
     rows = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
     for number, row in enumerate(rows, 1):
         if not (isinstance(row, dict) and isinstance(row.get("step"), int) and row.get("split") in ("train", "val")):
@@ -141,9 +149,22 @@ def read_report(path: Path) -> dict:
     try:
         report = json.loads(path.read_text())
         float(report["mean"]), float(report["ci95"]), report["settings"]["sampler"].items()
+        for point in report.get("by_inner_step") or []:
+            int(point["steps"]), float(point["mean"]), float(point["ci95"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise BadRun(f"{path.name} is not a metaexp eval report ({type(error).__name__}: {error})") from error
     return report
+
+
+def machine(run: Path) -> str | None:
+    """The device a run trained on, from its machine.json (None for a run without one)."""
+    path = run / "machine.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())["device"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise BadRun(f"machine.json is not a metaexp machine description ({type(error).__name__})") from error
 
 
 def describe(run: Path) -> list:
@@ -160,7 +181,6 @@ def describe(run: Path) -> list:
         if steps and steps == planned
         else (f"stopped at step {steps}" if steps else f"failed: {last_error(run)}")
     )
-    machine_file = run / "machine.json"
     base = {
         "run": str(run),
         "overrides": [o for o in overrides if not o.startswith("hydra.")],
@@ -175,7 +195,7 @@ def describe(run: Path) -> list:
         "wall_time_s": max((r["elapsed_s"] for r in rows if r.get("elapsed_s") is not None), default=None),
         # The median lap, as `metaexp train` prints it: laps leave validation time out (metaexp.logs.Stopwatch).
         "tasks_per_sec": statistics.median(laps) if laps else None,
-        "machine": json.loads(machine_file.read_text()).get("device") if machine_file.is_file() else None,
+        "machine": machine(run),
         "status": status,
         "published": None,
         "n_seeds": 1,
@@ -185,7 +205,8 @@ def describe(run: Path) -> list:
         return [{**base, "test": None, "test_mean": None, "test_ci95": None, "episodes": None, "ci": None}]
     records = []
     test = config.get("test") or {}
-    tested_in = setting({**config.get("sampler", {}), **test.get("sampler", {})})  # the run's own test protocol
+    standard = {**config.get("sampler", {}), **test.get("sampler", {})}  # the run's own test protocol
+    tested_in = setting(standard)
     for path in evals:
         report = read_report(path)
         # A policy's report holds a curve: one record per number of adaptation steps (`return_1steps`).
@@ -193,7 +214,8 @@ def describe(run: Path) -> list:
         # An evaluation with other batch-norm statistics than the run's own test protocol says so in its name,
         # and a policy's curve in other batches than its protocol's (`return_2steps (4000envsteps)`).
         norm, own = report["settings"].get("norm", "episode"), test.get("norm", "episode")
-        name = setting(report["settings"]["sampler"])
+        used = report["settings"]["sampler"]
+        name = setting(used) + departures(standard, used)
         batches = "" if name == tested_in else f" ({name})"
         for point in points:
             records.append(
@@ -224,18 +246,6 @@ def read_records(paths: list) -> tuple:
     return records, bad
 
 
-def setting(sampler: dict) -> str:
-    """`5w1s` for classification episodes, `10shot` for regression, `40traj` for policies (`4000envsteps` for
-    a policy tested on a budget of environment steps)."""
-    if "ways" in sampler:
-        return f"{sampler['ways']}w{sampler['shots']}s"
-    if sampler.get("budget"):
-        return f"{sampler['budget']}envsteps"
-    if "trajectories" in sampler:
-        return f"{sampler['trajectories']}traj"
-    return f"{sampler['shots']}shot"
-
-
 def protocol(config: dict, metric: str | None) -> str:
     """The validation protocol of a run (its training sampler's setting): curves of different protocols are
     not comparable and get panels of their own."""
@@ -249,13 +259,34 @@ def protocol(config: dict, metric: str | None) -> str:
 def preset_tables() -> tuple:
     """Each conf/experiment preset's published figures, keyed by test setting (e.g. {"5w1s": 0.988}; None where
     the paper gives no figure for a setting the preset is tested in), and its full schedule: (tasks, work per
-    task), the work being examples per task times passes over them (inner steps plus the query pass)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    task), the work being examples per task times passes over them (inner steps plus the query pass).
 
+    Composing every preset takes seconds, so the answer is kept in the user's cache under a hash of every
+    config file: a changed config composes afresh."""
     from metaexp.api import config_dir
 
     conf = Path(config_dir())
+    digest = hashlib.sha256(__version__.encode())
+    for path in sorted(conf.rglob("*.yaml")):
+        digest.update(f"{path.relative_to(conf)}\0".encode() + path.read_bytes() + b"\0")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "metaexp"
+    cached = cache / f"presets-{digest.hexdigest()[:20]}.json"
+    try:
+        kept = json.loads(cached.read_text())
+        return kept["tables"], {preset: tuple(schedule) for preset, schedule in kept["tasks"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        tables, tasks = composed_preset_tables(conf)
+    with contextlib.suppress(MetaexpError):  # no writable cache: compose again next time
+        with replacing(cached, "w") as file:
+            file.write(json.dumps({"tables": tables, "tasks": tasks}))
+    return tables, tasks
+
+
+def composed_preset_tables(conf: Path) -> tuple:
+    """preset_tables, composed from the config tree `conf`."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
     tables, tasks = {}, {}
     with initialize_config_dir(str(conf), version_base="1.3"):
         for path in sorted((conf / "experiment").glob("*.yaml")):
@@ -501,9 +532,36 @@ def plot(records: list, path: Path, grouped: bool) -> None:
         axis.set_title(f"validation: {name}" + (" (mean; band: min-max over seeds)" if grouped else ""))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path, dpi=110, bbox_inches="tight")
+    with replacing(path) as file:  # a full disk leaves the old picture, never a cut one
+        figure.savefig(file, format="png", dpi=110, bbox_inches="tight")
+
+
+def table_records(paths: list, grouped: bool, presets: bool) -> list:
+    """The table's rows over the runs at or under `paths` (per config when `grouped`), with their papers'
+    figures, and (with `presets`) a 'not yet run' row per preset setting no run evaluated. A run that cannot
+    be read is named on standard error and left out."""
+    records, bad = read_records(paths)
+    warnings = Console(stderr=True)  # standard output may be the CSV or Markdown table
+    for run, error in bad:
+        warnings.print(f"[yellow]skipped {run}:[/yellow] {escape(str(error))}", highlight=False, soft_wrap=True)
+    if not records:
+        raise MetaexpError(f"None of the {len(bad)} runs found could be read (each is listed above).")
+    label_runs(records)
+    if grouped:
+        records = by_config(records)
+    if presets or any(r["preset"] for r in records):
+        tables, tasks = preset_tables()
+        attach_published(records, tables)
+        if presets:
+            records += preset_records(records, tables, tasks)
+    return records
+
+
+def markdown(records: list) -> str:
+    headings = [heading for heading, _ in COLUMNS]
+    lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
+    return "\n".join([*lines, *("| " + " | ".join(cells(r)) + " |" for r in records)]) + "\n"
 
 
 def main(argv: list) -> None:
@@ -525,21 +583,8 @@ def main(argv: list) -> None:
         help="add a 'not yet run' row for each preset test setting that no run evaluated",
     )
     args = parser.parse_args(argv)
-    records, bad = read_records(args.dirs)
-    warnings = Console(stderr=True)  # standard output may be the CSV or Markdown table
-    for run, error in bad:
-        warnings.print(f"[yellow]skipped {run}:[/yellow] {escape(str(error))}", highlight=False, soft_wrap=True)
-    if not records:
-        raise MetaexpError(f"None of the {len(bad)} runs found could be read (each is listed above).")
-    label_runs(records)
     grouped = args.by == "config"
-    if grouped:
-        records = by_config(records)
-    if args.presets or any(r["preset"] for r in records):
-        tables, tasks = preset_tables()
-        attach_published(records, tables)
-        if args.presets:
-            records += preset_records(records, tables, tasks)
+    records = table_records(args.dirs, grouped=grouped, presets=args.presets)
     if args.csv:
         out = io.StringIO()
         writer = csv.DictWriter(out, FIELDS, extrasaction="ignore")
@@ -549,9 +594,7 @@ def main(argv: list) -> None:
     elif args.json:
         sys.stdout.write(json.dumps([{k: r.get(k) for k in FIELDS} for r in records], indent=2) + "\n")
     elif args.markdown:
-        headings = [heading for heading, _ in COLUMNS]
-        sys.stdout.write("| " + " | ".join(headings) + " |\n|" + "---|" * len(headings) + "\n")
-        sys.stdout.writelines("| " + " | ".join(cells(r)) + " |\n" for r in records)
+        sys.stdout.write(markdown(records))
     else:
         table = Table(title=f"metaexp summarize ({len(records)} rows; test metric: mean ± 95% CI)")
         for heading, _ in COLUMNS:

@@ -7,11 +7,14 @@ to the divergence's Hessian times them; `engine.MetaStep` builds the three from 
 `meta_divergence` and `divergence_curvature`.
 """
 
+import math
+
 import torch
 
 from metaexp import distributed
 from metaexp.algorithms.base import Algorithm
 from metaexp.errors import MetaexpError
+from metaexp.settings import at_least, within
 
 
 class TRPO(torch.optim.Optimizer):
@@ -26,6 +29,11 @@ class TRPO(torch.optim.Optimizer):
         backtrack: float = 0.5,
         line_search_steps: int = 15,
     ):
+        at_least("optim.max_kl", max_kl, 0)
+        at_least("optim.cg_iters", cg_iters, 1, whole=True)
+        at_least("optim.line_search_steps", line_search_steps, 1, whole=True)
+        within("optim.damping", damping, 0, math.inf)
+        within("optim.backtrack", backtrack, 0, 1)
         defaults = dict(
             max_kl=max_kl, cg_iters=cg_iters, damping=damping, backtrack=backtrack, line_search_steps=line_search_steps
         )

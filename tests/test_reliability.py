@@ -317,10 +317,22 @@ def used(tmp_path_factory):
 
             Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy()).save(folder / f"class{c}" / f"{i}.png")
     (base / "afile").write_text("")
-    return {"base": base, "run": run, "omniglot": make_layout(base / "omniglot"), "folder": folder}
+    omniglot = make_layout(base / "omniglot")
+    navigation, metanet = base / "navigation", base / "metanet"
+    assert run_cli("train", *NAVIGATION, "trainer.steps=2", f"hydra.run.dir={navigation}", cwd=base).returncode == 0
+    trained = run_cli("train", *METANET, f"dataset.root={omniglot}", "trainer.steps=2", f"hydra.run.dir={metanet}",
+                      cwd=base)  # fmt: skip
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    return {"base": base, "run": run, "omniglot": omniglot, "folder": folder, "nav": navigation, "metanet": metanet}
 
 
 OMNIGLOT_1Q = [*OMNIGLOT_LAKE, "sampler.queries=1"]
+# Two goals x 3 trajectories of 15 steps; MetaNet 2-way 1-shot on the tiny Omniglot layout.
+NAVIGATION = ["experiment=maml_navigation2d", "trainer.device=cpu", "trainer.meta_batch=2", "trainer.val_tasks=2",
+              "sampler.trajectories=3", "dataset.horizon=15", "trainer.log_every=1", "trainer.val_every=2"]  # fmt: skip
+METANET = ["experiment=metanet_omniglot_5w1s", *OMNIGLOT_1Q, "sampler.ways=2", "algorithm.chunks=2",
+           "trainer.device=cpu", "trainer.val_tasks=2",
+           "trainer.val_every=2", "trainer.log_every=1", "trainer.meta_batch=1"]  # fmt: skip
 # (arguments, words the paragraph must contain); {run}, {omniglot}, {folder}, {afile} are filled in.
 TRAIN_CASES = [
     (["trainer.steps=abc"], "trainer.steps='abc' is not valid"),
@@ -345,6 +357,24 @@ TRAIN_CASES = [
         ],
         "The val split of {folder} has no classes",
     ),
+    # Meta-RL and MetaNet values: each a paragraph before anything is built or written.
+    ([*NAVIGATION, "sampler.gamma=abc"], "sampler.gamma='abc' is not valid: it must be a number"),
+    ([*NAVIGATION, "sampler.gamma=1.5"], "sampler.gamma=1.5 is not valid: it must be a number from 0 to 1"),
+    ([*NAVIGATION, "sampler.gamma=-0.5"], "sampler.gamma=-0.5 is not valid"),
+    ([*NAVIGATION, "sampler.gae_lambda=abc"], "sampler.gae_lambda='abc' is not valid"),
+    ([*NAVIGATION, "sampler.gae_lambda=2"], "sampler.gae_lambda=2 is not valid"),
+    ([*NAVIGATION, "sampler.later_rate=-1"], "sampler.later_rate=-1 is not valid: it must be a number above 0"),
+    ([*NAVIGATION, "optim.max_kl=-1"], "optim.max_kl=-1 is not valid"),
+    ([*NAVIGATION, "optim.cg_iters=0"], "optim.cg_iters=0 is not valid: it must be a whole number of 1 or more"),
+    ([*NAVIGATION, "dataset.horizon=0"], "dataset.horizon=0 is not valid"),
+    ([*NAVIGATION, "trainer.cuda_graph=true"], "optim=trpo runs a line search"),
+    (["experiment=maml_halfcheetah_vel", "trainer.device=cpu", "dataset.horizon=-1"], "dataset.horizon=-1 is not"),
+    (["experiment=maml_halfcheetah_vel", "trainer.device=cpu", "dataset.threads=0"], "dataset.threads=0 is not"),
+    ([*METANET, "dataset.root={omniglot}", "algorithm.chunks=0"], "algorithm.chunks=0 is not valid"),
+    ([*METANET, "dataset.root={omniglot}", "algorithm.chunks=-1"], "algorithm.chunks=-1 is not valid"),
+    ([*METANET, "dataset.root={omniglot}", "algorithm.chunks=abc"], "algorithm.chunks='abc' is not valid"),
+    ([*METANET, "dataset.root={omniglot}", "algorithm.chunks=1.5"], "algorithm.chunks=1.5 is not valid"),
+    ([*METANET, "dataset.root={omniglot}", "algorithm.chunks=3"], "algorithm.chunks=3 does not divide the 2"),
 ]
 EVAL_CASES = [
     ([], "needs a checkpoint"),
@@ -353,6 +383,10 @@ EVAL_CASES = [
     (["checkpoint={run}/checkpoints/last.pt", "eval.episodes=-1"], "eval.episodes=-1 is not valid"),
     (["checkpoint={run}/checkpoints/last.pt", "trainer.device=gpu"], "trainer.device='gpu' is not a device"),
     (["checkpoint={run}/checkpoints/last.pt", "dataset.root=/somewhere"], "dataset.root does not apply"),
+    (["checkpoint={nav}", "sampler.later_rate=abc"], "sampler.later_rate='abc' is not valid"),
+    (["checkpoint={nav}", "test.norm=training"], "a policy has no batch norm"),
+    (["checkpoint={nav}", "test.inner_steps=7"], "test.inner_steps=7 is past the curve"),
+    (["checkpoint={metanet}", "test.norm=training"], "test.norm=training"),
 ]
 
 
@@ -362,6 +396,8 @@ def fill(args, used):
         "omniglot": used["omniglot"],
         "folder": used["folder"],
         "afile": used["base"] / "afile",
+        "nav": used["nav"],
+        "metanet": used["metanet"],
     }
     return [a.format(**names) for a in args]
 
@@ -439,6 +475,30 @@ def test_evaluations_in_different_settings_are_all_kept(used):
     ]
 
 
+def test_a_policy_tested_under_another_protocol_never_replaces_the_standard_report(used):
+    run = used["nav"]
+    evaluate = ["eval", f"checkpoint={run}", "eval.episodes=4", "trainer.device=cpu"]
+    assert run_cli(*evaluate, cwd=used["base"]).returncode == 0
+    (standard,) = run.glob("eval-*.json")
+    before = standard.read_bytes()
+    for variant in (["+sampler.gamma=0.5"], ["sampler.later_rate=0.1"], ["sampler.curve_steps=4"]):
+        result = run_cli(*evaluate, *variant, cwd=used["base"])
+        assert result.returncode == 0, result.stdout[-2000:]
+    assert standard.read_bytes() == before
+    names = sorted(p.name for p in run.glob("eval-*.json"))
+    assert names == [
+        "eval-test-40traj-1steps-4ep.json",
+        "eval-test-40traj-curve_steps4-1steps-4ep.json",
+        "eval-test-40traj-gamma0.5-1steps-4ep.json",
+        "eval-test-40traj-later_rate0.1-1steps-4ep.json",
+    ], names
+    table = run_cli("summarize", run, "--csv", cwd=used["base"])
+    assert "return_1steps (40traj-gamma0.5)" in table.stdout and "return_1steps," in table.stdout, table.stdout
+    for path in run.glob("eval-*.json"):
+        if path != standard:
+            path.unlink()
+
+
 def test_summarize_lists_malformed_runs_and_summarises_the_rest(used, tmp_path):
     import shutil
 
@@ -450,6 +510,11 @@ def test_summarize_lists_malformed_runs_and_summarises_the_rest(used, tmp_path):
         "emptyconfig": lambda r: (r / ".hydra" / "config.yaml").write_text(""),
         "badyaml": lambda r: (r / ".hydra" / "config.yaml").write_text("a: [\n"),
         "badeval": lambda r: (r / "eval-test-x.json").write_text("{"),
+        "badmachine": lambda r: (r / "machine.json").write_text("{not json"),
+        "intoverrides": lambda r: (r / ".hydra" / "overrides.yaml").write_text("- 1\n- 2\n"),
+        "badcurve": lambda r: (r / "eval-test-y.json").write_text(
+            json.dumps({"mean": 1.0, "ci95": 0.0, "settings": {"sampler": {}}, "by_inner_step": [1, 2]})
+        ),
     }
     for name, damage in broken.items():
         shutil.copytree(used["run"], tmp_path / name)
@@ -473,3 +538,123 @@ def test_a_time_limit_stops_cleanly_and_resume_finishes_the_run(tmp_path):
     finished = run_cli(*args, f"trainer.steps={stopped + 3}", "trainer.resume=auto", cwd=tmp_path)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert torch.load(run / "checkpoints/last.pt", weights_only=False)["step"] == stopped + 3
+
+
+# `metaexp reproduce`: the committed records and the page survive every failure, and a failure says so.
+PRESET = "maml_sinusoid_5shot"
+PAGE_PROSE = "# Results\n\n" + "Prose that must survive a failed write. " * 1500 + "\n"  # 60 kB: over 40 kB
+
+
+def reproduce(base, *extra, runs="runs", preset=PRESET, settings=("debug=fast", "trainer.meta_batch=5")):
+    return [
+        "reproduce", preset, "--device", "cpu", "--runs", base / runs, "--records", base / "records",
+        "--page", base / "results.md", "--eval-set", "eval.episodes=10", "--set", *settings, *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def recorded(tmp_path):
+    """A folder whose records and page one finished `metaexp reproduce` wrote, and their snapshot."""
+    (tmp_path / "results.md").write_text(PAGE_PROSE)
+    first = run_cli(*reproduce(tmp_path), cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    def unchanged():
+        return snapshot(tmp_path / "records") | {
+            name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+            for name in ("results.md", "results_curves.png")
+        }
+
+    before = unchanged()
+    assert any(name.endswith(".json") for name in before)
+    return tmp_path, before, unchanged
+
+
+LONG_RUN = ("trainer.steps=100000", "trainer.log_every=25", "trainer.val_every=100000", "trainer.meta_batch=5")
+
+
+def training_child(run):
+    """The pid of the `metaexp train` process writing `run` (found in /proc)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                args = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if b"train" in args and f"hydra.run.dir={run}".encode() in args:
+                return int(entry)
+    return None
+
+
+def wait_until_gone(run, timeout=60):
+    deadline = time.time() + timeout
+    while training_child(run) is not None:
+        assert time.time() < deadline, f"the training child of {run} outlived its parent"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--runs", "fresh", "--set", "debug=fast", "sampler.shots=-1"], "training exited 2"),
+        (["--minutes", "nan"], "--minutes nan is not valid"),
+    ],
+    ids=["training fails", "nan minutes"],
+)
+def test_a_failed_reproduce_exits_non_zero_naming_the_preset_and_keeps_every_record(recorded, extra, words):
+    base, before, unchanged = recorded
+    result = run_cli(*reproduce(base), *extra, cwd=base)
+    assert result.returncode == 2 and words in " ".join(result.stdout.split()), result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert unchanged() == before
+
+
+def test_a_shorter_schedule_never_replaces_a_longer_record(recorded):
+    base, before, unchanged = recorded
+    result = run_cli(*reproduce(base, runs="short", settings=("debug=fast", "trainer.steps=2")), cwd=base)
+    assert result.returncode == 0 and "holds a longer schedule (4 steps)" in result.stdout, result.stdout
+    assert unchanged() == before
+
+
+def test_a_concurrent_reproduce_is_refused_and_kill_9_of_the_first_stops_its_child(recorded):
+    base, before, unchanged = recorded
+    first = start(*reproduce(base, runs="long", settings=LONG_RUN), cwd=base)
+    run = base / "long" / PRESET
+    try:
+        wait_for_rows(run)
+        second = run_cli(*reproduce(base, runs="long"), cwd=base)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert "another metaexp reproduce is working on preset maml_sinusoid_5shot" in " ".join(second.stdout.split())
+        assert unchanged() == before
+    finally:
+        first.kill()  # kill -9 of reproduce itself: its training child is told to stop and saves its step
+        first.wait()
+    wait_until_gone(run)
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert unchanged() == before
+
+
+def test_kill_9_of_the_training_child_is_a_failed_preset(recorded):
+    base, before, unchanged = recorded
+    first = start(*reproduce(base, runs="long", settings=LONG_RUN), cwd=base)
+    run = base / "long" / PRESET
+    wait_for_rows(run)
+    os.kill(training_child(run), signal.SIGKILL)  # as the out-of-memory killer would
+    output, _ = first.communicate(timeout=120)
+    assert first.returncode == 2 and "training was killed by SIGKILL" in " ".join(output.split()), output[-2000:]
+    assert unchanged() == before
+
+
+def test_a_full_disk_during_the_page_write_leaves_page_and_curves_whole(recorded):
+    base, before, unchanged = recorded
+
+    def small_files():  # writes past 40 kB fail with EFBIG, as a full disk fails them with ENOSPC
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_960, 40_960))
+
+    command = [sys.executable, "-m", "metaexp", *map(str, reproduce(base)), "--table-only"]
+    result = subprocess.run(command, cwd=base, capture_output=True, text=True, preexec_fn=small_files,
+                            env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    assert result.returncode == 2 and "Could not write" in result.stdout + result.stderr, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr and "| preset" not in result.stdout
+    assert unchanged() == before
+    assert not [p for p in base.iterdir() if p.name.endswith(".tmp")]

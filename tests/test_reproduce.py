@@ -53,7 +53,7 @@ def test_a_spent_budget_trains_nothing_and_changes_nothing(tmp_path):
     result = reproduce(tmp_path, "--minutes", "0.001")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "the budget is spent" in result.stdout and "results.md is unchanged" in result.stdout
-    assert not (tmp_path / "runs").exists()
+    assert not [p for p in (tmp_path / "runs").glob("*") if p.is_dir()], "no run directory: nothing trained"
     assert (tmp_path / "results.md").read_text() == "# Results\n"
 
 
@@ -109,3 +109,27 @@ def test_a_variant_of_a_preset_is_not_compared_with_its_paper():
     (row,) = preset_records([variant], tables, tasks)
     assert row["preset"] == "maml_nav" and row["status"].startswith("not yet run")
     assert preset_records([shortened, variant], tables, tasks) == []
+
+
+def test_records_are_read_never_run_and_the_page_is_written_outside_a_checkout(tmp_path):
+    """A record someone sends (its config naming a function that writes a file) is only read; reproduce in a
+    folder without docs/ writes its page there."""
+    import shutil
+
+    from conftest import ROOT
+
+    (source,) = [p for p in (ROOT / "results" / "records").iterdir() if p.name == "maml_sinusoid_5shot"]
+    record = tmp_path / "records" / "maml_sinusoid_5shot"
+    shutil.copytree(source, record)
+    target = tmp_path / "written-by-the-record"
+    config = (record / ".hydra" / "config.yaml").read_text()
+    crafted = (
+        f"  extra:\n    _target_: pathlib.Path.write_text\n"
+        f"    _args_: [{{_target_: pathlib.Path, _args_: [{target}]}}, x]\n"
+    )
+    (record / ".hydra" / "config.yaml").write_text(config.replace("dataset:\n", "dataset:\n" + crafted, 1))
+    result = run_cli("reproduce", "--table-only", "--records", tmp_path / "records", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "maml_sinusoid_5shot" in (tmp_path / "docs" / "results.md").read_text()
+    assert (tmp_path / "docs" / "results_curves.png").stat().st_size > 0
+    assert not target.exists()

@@ -47,6 +47,9 @@ class Algorithm:
     eval_inner_steps = None
     # True where `adapted_weights` can adapt a policy to trajectories (reinforcement-learning task families).
     adapts_policies = False
+    # False where the backbone's weights are not the meta-parameters by their own names (MetaNet's twins), so
+    # test.norm=training cannot run the backbone alone over training images.
+    training_norm = True
 
     def __init__(self, model: nn.Module, objective: Objective):
         self.model, self.objective = model, objective
@@ -75,6 +78,10 @@ class Algorithm:
                 f"gradient-based algorithm (maml, metasgd) for them, or a classification data set "
                 f"(dataset=omniglot, dataset=image_folder, ...) for {cls.__name__}."
             )
+
+    def check_sampler(self, sampler) -> None:
+        """Refuse, before anything is written, tasks whose shape this algorithm cannot take (MetaNet's support
+        chunks must divide the support set); most algorithms take any."""
 
     def init_params(self) -> dict:
         """Meta-parameters: the backbone's weights (less the head if unused), plus the algorithm's own."""

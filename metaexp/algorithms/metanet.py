@@ -24,6 +24,7 @@ from torch.func import functional_call, grad, vmap
 from metaexp.algorithms.base import Algorithm
 from metaexp.backbones import with_prefix
 from metaexp.errors import MetaexpError
+from metaexp.settings import at_least
 
 HIDDEN = 20
 KINDS = ("conv", "fc")
@@ -43,6 +44,8 @@ def kind(name: str) -> str:
 class MetaNet(Algorithm):
     classification_only = True
 
+    training_norm = False
+
     def __init__(self, model, objective, chunks: int = 5):
         super().__init__(model, objective)
         if not all(hasattr(model, part) for part in ("convs", "norms", "fc1", "head", "augmented")):
@@ -51,8 +54,18 @@ class MetaNet(Algorithm):
                 f"(conv layers, fc1, head without biases, the names of the augmented weights), which "
                 f"{type(model).__name__} does not have. Use backbone=metanet_conv."
             )
+        at_least("algorithm.chunks", chunks, 1, whole=True)
         self.chunks = chunks
         self.layers, self.augmented = len(model.convs), set(model.augmented)
+
+    def check_sampler(self, sampler) -> None:
+        support = sampler.ways * sampler.shots
+        if support % self.chunks:
+            raise MetaexpError(
+                f"algorithm.chunks={self.chunks} does not divide the {support} support examples of a "
+                f"{sampler.ways}-way {sampler.shots}-shot task; pick a divisor of {support} (the paper: one chunk "
+                f"per class, algorithm.chunks={sampler.ways})."
+            )
 
     def init_params(self) -> dict:
         """b's weights (`base.`), u's (`embed.`, a twin with its own initialisation) and the generators (`meta.`).

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from metaexp.errors import MetaexpError
+from metaexp.settings import at_least
 
 FRAME_SKIP = 5
 
@@ -28,6 +29,8 @@ class HalfCheetah:
         reset_noise: float = 0.1,
         threads: int = 1,
     ):
+        at_least("dataset.horizon", horizon, 1, whole=True)
+        at_least("dataset.threads", threads, 1, whole=True)
         try:
             import gymnasium.envs.mujoco
             import mujoco

@@ -9,6 +9,8 @@ the goal (Euclidean), or after `horizon` steps.
 
 import torch
 
+from metaexp.settings import at_least
+
 
 class Navigation2D:
     """Goals U[goals]^2; actions are velocities scaled by `max_speed` and clipped to [-max_speed, max_speed];
@@ -22,6 +24,8 @@ class Navigation2D:
         tolerance: float = 0.01,
         oracle: bool = False,
     ):
+        at_least("dataset.horizon", horizon, 1, whole=True)
+        at_least("dataset.max_speed", max_speed, 0)
         self.goals, self.horizon, self.max_speed, self.tolerance = tuple(goals), horizon, max_speed, tolerance
         self.oracle = oracle
         self.observation_size, self.action_size = (4 if oracle else 2), 2
