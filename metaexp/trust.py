@@ -7,10 +7,10 @@ config read from a checkpoint or a record names only metaexp's component classes
 schedule classes of torch, or classes under module prefixes the user named (`trust=[mylab.]`).
 """
 
-import importlib
 import inspect
 
 import torch
+from hydra._internal.utils import _locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -48,24 +48,14 @@ def targets(node, path: str = ""):
 
 
 def allowed(target, trust: tuple) -> bool:
-    """Whether `target` names a class metaexp builds components from (or one under a trusted prefix)."""
+    """Whether `target` names a class metaexp builds components from (or one under a trusted prefix). A name
+    under those prefixes that does not exist passes: building it then says the config cannot be rebuilt."""
     if not isinstance(target, str) or not target.startswith((*COMPONENTS, *TORCH, *trust)):
         return False
-    module_name, _, name = target.rpartition(".")
-    try:  # the longest importable module prefix, then attributes, as Hydra's locate does
-        parts = target.split(".")
-        for cut in range(len(parts) - 1, 0, -1):
-            try:
-                found = importlib.import_module(".".join(parts[:cut]))
-                break
-            except ImportError:
-                continue
-        else:
-            return False
-        for part in parts[cut:]:
-            found = getattr(found, part)
-    except AttributeError:
-        return False
+    try:
+        found = _locate(target)  # the very lookup `instantiate` makes, so both see the same object
+    except ImportError:
+        return True
     if not inspect.isclass(found):
         return False  # a function or a method (Path.write_text, checkpoint.save) is never a component
     home = found.__module__ + "."

@@ -49,7 +49,7 @@ def evaluate(checkpoint, *overrides):
     "change",
     [
         lambda config, path: config.update(dataset=write_text(path)),
-        lambda config, path: config.update(dataset=write_text(path, "metaexp.datasets.sinusoid.")),  # via an import
+        lambda config, path: config.update(dataset=write_text(path, "metaexp.datasets.omniglot.")),  # via an import
         lambda config, path: config["algorithm"].update(extra=write_text(path)),  # nested in a component
         lambda config, path: config["sampler"].update(_target_="builtins.print"),
     ],
