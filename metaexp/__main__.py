@@ -6,6 +6,15 @@ import os
 import signal
 import sys
 
+# OpenMP threads that wait for work sleep instead of spinning, so a second run on the machine (or the test suite)
+# does not make both crawl; read when torch loads its OpenMP library, so set before any import of torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# torch.compile's caches where they outlive a reboot (torch's default is under /tmp): a machine compiles once.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "metaexp", "inductor"),
+)
+
 
 def interrupted_outside_training(signum, frame):
     """Ctrl-C while starting (or evaluating): nothing is half-written, so exit at once."""

@@ -2,12 +2,36 @@
 replayed from a captured CUDA graph; optionally in bfloat16 autocast."""
 
 import contextlib
+import logging
 
 import torch
 
 from metaexp import distributed
 from metaexp.errors import MetaexpError
 from metaexp.samplers import TaskBatch
+from metaexp.threads import SMALL_MODEL
+
+log = logging.getLogger("metaexp.engine")
+
+# The steps a run must have left for `trainer.compile=auto` to compile: on a CPU compiling MAML Conv-4 costs
+# 80-290 s once (then torch's cache holds it) and halves the step; on a GPU a step is milliseconds.
+COMPILE_AFTER = {"cpu": 1000, "cuda": 5000}
+
+
+def compile_choice(setting, *, steps_left: int, parameters: int, device: torch.device, algorithm, optimizer) -> tuple:
+    """(compile?, why) for trainer.compile: true or false as given; `auto` compiles a model of at least
+    SMALL_MODEL parameters with at least COMPILE_AFTER steps left, for an algorithm that declares it gains and
+    an optimizer that takes a plain gradient (TRPO's line search is left eager)."""
+    if setting != "auto":
+        return bool(setting), f"trainer.compile={str(setting).lower()}"
+    if getattr(optimizer, "needs_divergence", False) or not algorithm.compiles:
+        return False, f"auto: {type(algorithm).__name__} with {type(optimizer).__name__} runs eagerly"
+    if parameters < SMALL_MODEL:
+        return False, f"auto: a model of {parameters:,} parameters gains nothing from compiling"
+    needed = COMPILE_AFTER.get(device.type, COMPILE_AFTER["cuda"])
+    if steps_left < needed:
+        return False, f"auto: {steps_left} steps left, fewer than the {needed} that repay compiling"
+    return True, f"auto: {steps_left} steps left repay compiling once"
 
 
 class MetaStep:
@@ -44,6 +68,7 @@ class MetaStep:
             else contextlib.nullcontext
         )
         self.meta_loss = torch.compile(algorithm.meta_loss) if compile else algorithm.meta_loss
+        self.compiled = compile
         self.grad_clip, self.cuda_graph = grad_clip, cuda_graph
         self.task_chunk = task_chunk
         self.graph = None
@@ -89,14 +114,32 @@ class MetaStep:
 
     def __call__(self, batch: TaskBatch, step: int):
         """Per-task query losses and scores of this meta-batch, on the device (no host sync)."""
+        if self.compiled:
+            return self.compiled_step(batch, step)
         if not self.cuda_graph:
             return self.eager(batch, step)
+        return self.graph_step(batch, step)
+
+    def graph_step(self, batch: TaskBatch, step: int):
         if self.graph is None:
             self.capture(batch, step)
         for static, fresh in zip(self.static_batch, batch):
             static.copy_(fresh)
         self.graph.replay()
         return self.static_out
+
+    def compiled_step(self, batch: TaskBatch, step: int):
+        """A compiled step; where compilation fails, one warning and eager steps from then on (a failed step
+        changed nothing: gradients are cleared first and the optimizer steps last)."""
+        try:
+            return self.eager(batch, step) if not self.cuda_graph else self.graph_step(batch, step)
+        except Exception as error:
+            if isinstance(error, MetaexpError):
+                raise
+            first = next(iter(str(error).splitlines()), "")
+            log.warning("torch.compile failed (%s: %s); this run goes on eagerly", type(error).__name__, first[:200])
+            self.meta_loss, self.compiled, self.graph = self.algorithm.meta_loss, False, None
+            return self(batch, step)
 
     def capture(self, batch: TaskBatch, step: int) -> None:
         """Warm up on a side stream, capture one step, then restore the weights the warm-up changed."""

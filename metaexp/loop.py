@@ -20,12 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from metaexp import __version__, checkpoint, distributed, rundir, trpo
 from metaexp.components import build, build_algorithm, build_sampler, component_class, resolve_device
-from metaexp.engine import MetaStep
+from metaexp.engine import MetaStep, compile_choice
 from metaexp.errors import MetaexpError
 from metaexp.evaluate import evaluate_batches, sampled_batches, statistics_generator, test_statistics
 from metaexp.logs import MetricsFile, RunLog, Stopwatch, TrainingProgress, console, read_metrics, summary_table
 from metaexp.resume import find_resume, restore
 from metaexp.settings import check_train
+from metaexp.threads import Threads
 from metaexp.samplers import task_generator
 
 log = logging.getLogger("metaexp.loop")
@@ -100,6 +101,8 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
         cleanup.callback(run_log.close)
         torch.manual_seed(cfg.seed)
         run = build_run(cfg, device)  # first, so that a bad value is named before any resume question
+        parameters = sum(v.numel() for v in run.params.values())
+        threads = cleanup.enter_context(Threads(cfg.trainer.threads, parameters, device))
         if distributed.is_main():
             cleanup.enter_context(rundir.exclusive(run_dir))
         source, saved = find_resume(cfg, run_dir, outputs_root=None if in_sweep() else Path(cfg.paths.output_dir))
@@ -120,20 +123,30 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
         )
         cleanup.callback(close_all, sinks)
         log.info(
-            "run directory %s; %s on %s, %d parameters",
+            "run directory %s; %s on %s, %d parameters; threads %s",
             run_dir,
             type(run.algorithm).__name__,
             device,
-            sum(v.numel() for v in run.params.values()),
+            parameters,
+            threads.describe(),
         )
         log.info("training %s", describe_setting(cfg))
+        compiled, why = compile_choice(
+            cfg.trainer.compile, steps_left=cfg.trainer.steps - progress.step, parameters=parameters, device=device,
+            algorithm=run.algorithm, optimizer=run.optimizer,
+        )  # fmt: skip
+        log.info("torch.compile %s (%s)", "on" if compiled else "off", why)
         if distributed.is_main():
-            (run_dir / "machine.json").write_text(json.dumps(describe_machine(device)) + "\n")
+            machine = {**describe_machine(device), "threads_chosen": threads.describe()}
+            (run_dir / "machine.json").write_text(json.dumps(machine) + "\n")
         bar = cleanup.enter_context(
             TrainingProgress(cfg.trainer.steps, progress.step, metric, enabled=distributed.is_main())
         )
         clock = Stopwatch(progress.elapsed)
-        last = loop(cfg, run, progress, stop=stop, sinks=sinks, bar=bar, clock=clock, run_dir=run_dir, device=device)
+        last = loop(
+            cfg, run, progress, stop=stop, sinks=sinks, bar=bar, clock=clock, run_dir=run_dir, device=device,
+            threads=threads, compiled=compiled,
+        )  # fmt: skip
     if distributed.is_main():
         console.print(
             summary_table(
@@ -188,7 +201,9 @@ def act(train_sampler, val_sampler, *, algorithm, params: dict) -> None:
         val_sampler.act_with(algorithm, params, algorithm.eval_inner_steps)
 
 
-def loop(cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clock, run_dir: Path, device) -> dict:
+def loop(
+    cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clock, run_dir: Path, device, threads, compiled
+) -> dict:
     """Meta-train from `progress.step` to `cfg.trainer.steps`; returns the last train and val rows and the
     throughput of each logged lap."""
     trainer = cfg.trainer
@@ -200,7 +215,7 @@ def loop(cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clo
         run.optimizer,
         device=device,
         precision=trainer.precision,
-        compile=trainer.compile,
+        compile=compiled,
         cuda_graph=trainer.cuda_graph,
         grad_clip=trainer.grad_clip,
         task_chunk=trainer.task_chunk,
@@ -257,6 +272,7 @@ def loop(cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clo
                 **drain(run.train_sampler),
             }
             write(sinks, last["train"])
+            threads.rebalance()  # a run started or ended beside this one since the last row
             last["rates"].append(last["train"]["tasks_per_sec"])
             bar.update(progress.step, last["train"])
             loss_sum.zero_()

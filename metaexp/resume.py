@@ -29,6 +29,7 @@ SAFE = (
     "trainer.cuda_graph",
     "trainer.task_chunk",
     "trainer.precision",
+    "trainer.threads",
     "trainer.grad_clip",
     "optim.",
     "scheduler.",

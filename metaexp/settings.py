@@ -25,7 +25,7 @@ class Trainer:
     meta_batch: int
     device: str
     precision: str
-    compile: bool
+    compile: Any
     cuda_graph: bool
     grad_clip: Optional[float]
     task_chunk: Any
@@ -34,6 +34,7 @@ class Trainer:
     val_tasks: int
     resume: Optional[str]
     minutes: Optional[float] = None
+    threads: Any = "auto"
 
     def check(self) -> None:
         positive("trainer", self, "steps", "meta_batch", "log_every", "val_every", "val_tasks")
@@ -44,6 +45,12 @@ class Trainer:
             refuse("trainer.resume", self.resume, "null for a fresh run, auto, or a checkpoint or run directory")
         if self.grad_clip is not None and not self.grad_clip > 0:
             refuse("trainer.grad_clip", self.grad_clip, "a norm above 0, or null for no clipping")
+        if self.compile not in ("auto", True, False):
+            refuse("trainer.compile", self.compile, "auto, true or false")
+        if self.threads != "auto" and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            refuse("trainer.threads", self.threads, "`auto` or a whole number of threads above 0")
         if self.minutes is not None and not self.minutes > 0:
             refuse("trainer.minutes", self.minutes, "a number of minutes above 0, or null for no time limit")
 

@@ -30,6 +30,54 @@ def test_compiled_step_matches_eager():
     assert all(torch.allclose(eager[k], compiled[k], rtol=1e-4, atol=1e-6) for k in eager)
 
 
+def test_a_failing_compile_falls_back_to_eager_with_one_warning(monkeypatch, caplog):
+    def broken(function):
+        def compiled(*args):
+            raise RuntimeError("inductor: no C++ compiler\nmore detail")
+
+        return compiled
+
+    eager_losses, eager = run_steps()
+    monkeypatch.setattr("metaexp.engine.torch.compile", broken)
+    with caplog.at_level("WARNING", logger="metaexp.engine"):
+        losses, params = run_steps(compile=True)
+    assert losses == eager_losses and all(torch.equal(eager[k], params[k]) for k in eager)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "torch.compile failed (RuntimeError: inductor: no C++ compiler); this run goes on eagerly" == warning
+
+
+class Plain:
+    compiles = True
+
+
+class Eager:
+    compiles = False
+
+
+@pytest.mark.parametrize(
+    "setting, steps_left, parameters, device, algorithm, optimizer, expected",
+    [
+        ("auto", 60_000, 112_000, "cpu", Plain, torch.optim.Adam, True),  # MAML Conv-4's schedule
+        ("auto", 999, 112_000, "cpu", Plain, torch.optim.Adam, False),  # a short run does not compile
+        ("auto", 4_999, 112_000, "cuda", Plain, torch.optim.Adam, False),
+        ("auto", 5_000, 112_000, "cuda", Plain, torch.optim.Adam, True),
+        ("auto", 70_000, 1_761, "cpu", Plain, torch.optim.Adam, False),  # the sinusoid MLP
+        ("auto", 60_000, 112_000, "cpu", Eager, torch.optim.Adam, False),  # an algorithm that says no
+        ("auto", 60_000, 112_000, "cpu", Plain, type("TRPO", (), {"needs_divergence": True}), False),
+        (True, 4, 1_761, "cpu", Eager, torch.optim.Adam, True),  # as given
+        (False, 60_000, 112_000, "cpu", Plain, torch.optim.Adam, False),
+    ],
+)
+def test_auto_compile_decisions(setting, steps_left, parameters, device, algorithm, optimizer, expected):
+    from metaexp.engine import compile_choice
+
+    compiled, why = compile_choice(
+        setting, steps_left=steps_left, parameters=parameters, device=torch.device(device),
+        algorithm=algorithm(), optimizer=optimizer.__new__(optimizer),
+    )  # fmt: skip
+    assert compiled is expected and why
+
+
 def test_bf16_step_tracks_fp32():
     fp32_losses, fp32 = run_steps()
     bf16_losses, bf16 = run_steps(precision="bf16")

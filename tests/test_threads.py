@@ -1,0 +1,82 @@
+"""`trainer.threads=auto`: the choice for a given set of cores, quota, sibling runs and model size (pure
+functions, no timing), the registration that lets two runs see each other, and a fixed count taken as given."""
+
+import fcntl
+
+import pytest
+import torch
+
+from metaexp.threads import SMALL_MODEL, Threads, cgroup_quota, choose, runs_here
+
+
+@pytest.mark.parametrize(
+    "cores, runs, parameters, threads",
+    [
+        (2, 1, 1_761, 1),  # the sinusoid MLP: a step of milliseconds
+        (2, 1, 112_000, 2),  # Conv-4 alone on two cores
+        (2, 2, 112_000, 1),  # two runs share two cores
+        (16, 3, 12_000_000, 5),  # three runs on 16 cores
+        (1.5, 1, 112_000, 1),  # a quota of 1.5 cores
+        (2, 5, 112_000, 1),  # more runs than cores: never 0
+    ],
+)
+def test_the_thread_choice(cores, runs, parameters, threads):
+    assert choose(cores, runs, parameters) == threads
+
+
+def test_small_models_are_below_the_threshold_and_conv4_is_above():
+    assert choose(64, 1, SMALL_MODEL - 1) == 1 and choose(64, 1, SMALL_MODEL) == 64
+
+
+@pytest.mark.parametrize(
+    "files, quota",
+    [
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3.0),
+        ({}, None),
+    ],
+    ids=["v2 unlimited", "v2 1.5 cores", "v1 unlimited", "v1 3 cores", "none"],
+)
+def test_the_cgroup_quota_is_read_in_cores(tmp_path, files, quota):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_quota(tmp_path) == quota
+
+
+def test_registered_runs_are_counted_and_stale_registrations_removed(tmp_path):
+    (tmp_path / "999999.lock").write_text("")  # a run that died without removing its file
+    other = open(tmp_path / "1.lock", "a")
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live run
+    try:
+        with Threads("auto", 112_000, torch.device("cpu"), folder=tmp_path):
+            assert runs_here(tmp_path) == 2
+        assert not (tmp_path / "999999.lock").exists()
+        assert runs_here(tmp_path) == 1, "this run's registration is gone once it ends"
+    finally:
+        other.close()
+
+
+def test_a_second_run_makes_the_first_step_down_at_its_next_rebalance(tmp_path, monkeypatch):
+    monkeypatch.setattr("metaexp.threads.usable_cores", lambda: 2.0)
+    before = torch.get_num_threads()
+    try:
+        with Threads("auto", 112_000, torch.device("cpu"), folder=tmp_path) as first:
+            assert torch.get_num_threads() == 2
+            with Threads("auto", 112_000, torch.device("cpu"), folder=tmp_path):
+                assert first.rebalance() == 1 and "shared by 2 metaexp run(s)" in first.describe()
+            assert first.rebalance() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_fixed_count_is_taken_as_given(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        with Threads(3, 1_000, torch.device("cpu"), folder=tmp_path) as threads:
+            assert torch.get_num_threads() == 3 and threads.describe() == "3 (trainer.threads=3)"
+        assert not list(tmp_path.glob("*.lock")), "a fixed count registers nothing"
+    finally:
+        torch.set_num_threads(before)
