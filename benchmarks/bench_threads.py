@@ -1,8 +1,8 @@
-"""Wall time of metaexp runs alone and two at once on this CPU, with `trainer.threads=auto` (and the passive
-OpenMP wait policy `python -m metaexp` sets) against the behaviour before them (torch's default of one thread
-per core, OpenMP's default wait policy). Run it on a quiet machine: it measures contention on purpose.
+"""Wall time of metaexp runs alone and two at once on this CPU: `auto`, `trainer.threads=auto` (with the
+wait policy `python -m metaexp` chooses) against `before`, the behaviour before it (torch's default of one
+thread per core, OpenMP's default wait policy). Run it on a quiet machine: it measures contention on purpose.
 
-    python benchmarks/bench_threads.py [--runs default omniglot] [--repeats 2]
+    python benchmarks/bench_threads.py [--runs default omniglot] [--repeats 2] [--how auto before]
 
 `default` is the embedded sinusoid run, 2,000 steps; `omniglot` MAML Conv-4 5-way 1-shot (needs the real
 Omniglot at ../shared/data/omniglot), a short schedule.
@@ -37,8 +37,8 @@ RUNS = {
 # Today's behaviour through `python -m metaexp`; the old one through the CLI module, which leaves OMP_WAIT_POLICY
 # to OpenMP's default, with torch's default thread count.
 HOW = {
-    "threads=auto": lambda args: [sys.executable, "-m", "metaexp", "train", *args],
-    "before (one thread per core, default wait policy)": lambda args: [
+    "auto": lambda args: [sys.executable, "-m", "metaexp", "train", *args],
+    "before": lambda args: [  # one thread per core, OpenMP's default wait policy
         sys.executable,
         "-c",
         "import sys; from metaexp.cli import main; sys.argv[0] = 'metaexp'; main()",
@@ -58,7 +58,7 @@ def timed(commands: list) -> float:
     for proc in procs:
         _, err = proc.communicate()
         if proc.returncode:
-            raise SystemExit(f"a run failed: {err.decode()[-2000:]}")
+            raise SystemExit(f"a run failed (exit {proc.returncode}): {' '.join(proc.args)}\n{err.decode()[-2000:]}")
     return time.perf_counter() - start
 
 
@@ -66,15 +66,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--how", nargs="+", default=list(HOW), choices=list(HOW), help="auto: trainer.threads=auto")
     args = parser.parse_args()
     print(f"CPU: {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), torch {torch.__version__}")
+    n = iter(range(10_000))  # a fresh run directory for every run
     with tempfile.TemporaryDirectory() as scratch:
         for run in args.runs:
             print(f"\n{run}: metaexp train {' '.join(RUNS[run][:3])} ...")
             print("| how | alone (s) | two at once (s) | one after another (s) | two at once / one after another |")
             print("| --- | --- | --- | --- | --- |")
-            for how, command in HOW.items():
-                n = iter(range(10_000))
+            for how, command in ((h, HOW[h]) for h in args.how):
 
                 def job():
                     return command([*RUNS[run], f"hydra.run.dir={scratch}/{run}-{next(n)}"])

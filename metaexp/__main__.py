@@ -6,9 +6,17 @@ import os
 import signal
 import sys
 
-# OpenMP threads that wait for work sleep instead of spinning, so a second run on the machine (or the test suite)
-# does not make both crawl; read when torch loads its OpenMP library, so set before any import of torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+def share_cores_politely() -> None:
+    """Beside another metaexp run, OpenMP threads that wait for work sleep instead of spinning, so the two do
+    not make each other crawl (metaexp.threads); read when torch loads OpenMP, so set before torch loads."""
+    from metaexp.threads import running_dir, runs_here
+
+    if "OMP_WAIT_POLICY" not in os.environ and runs_here(running_dir()):
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+share_cores_politely()
 # torch.compile's caches where they outlive a reboot (torch's default is under /tmp): a machine compiles once.
 os.environ.setdefault(
     "TORCHINDUCTOR_CACHE_DIR",

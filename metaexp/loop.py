@@ -249,6 +249,7 @@ def loop(
     while progress.step < trainer.steps and not stop.signal:
         batch = run.train_sampler.sample(tasks_per_rank, run.generator)
         losses, scores = meta_step(batch, progress.step)
+        threads.rebalance(every=1.0)  # a run started or ended beside this one
         if run.scheduler is not None:
             run.scheduler.step()
         loss_sum += losses.sum()
@@ -272,7 +273,6 @@ def loop(
                 **drain(run.train_sampler),
             }
             write(sinks, last["train"])
-            threads.rebalance()  # a run started or ended beside this one since the last row
             last["rates"].append(last["train"]["tasks_per_sec"])
             bar.update(progress.step, last["train"])
             loss_sum.zero_()
