@@ -13,24 +13,26 @@ from metaexp.threads import SMALL_MODEL
 
 log = logging.getLogger("metaexp.engine")
 
-# The steps a run must have left for `trainer.compile=auto` to compile: on a CPU compiling MAML Conv-4 costs
-# 80-290 s once (then torch's cache holds it) and halves the step; on a GPU a step is milliseconds.
-COMPILE_AFTER = {"cpu": 1000, "cuda": 5000}
+# The steps a run must have left for `trainer.compile=auto` to compile on a CPU: compiling MAML Conv-4 5-way
+# 1-shot cost about 115 s at its first step here, and the step went from 51 to 70 tasks/s end to end.
+COMPILE_AFTER = 1000
 
 
 def compile_choice(setting, *, steps_left: int, parameters: int, device: torch.device, algorithm, optimizer) -> tuple:
-    """(compile?, why) for trainer.compile: true or false as given; `auto` compiles a model of at least
+    """(compile?, why) for trainer.compile: true or false as given; `auto` compiles on a CPU a model of at least
     SMALL_MODEL parameters with at least COMPILE_AFTER steps left, for an algorithm that declares it gains and
-    an optimizer that takes a plain gradient (TRPO's line search is left eager)."""
+    an optimizer that takes a plain gradient (TRPO's line search is left eager). On a GPU, where its gain is
+    not measured yet, `auto` leaves it to trainer.compile=true."""
     if setting != "auto":
         return bool(setting), f"trainer.compile={str(setting).lower()}"
+    if device.type != "cpu":
+        return False, f"auto: compiling on {device.type} is not measured yet; trainer.compile=true turns it on"
     if getattr(optimizer, "needs_divergence", False) or not algorithm.compiles:
         return False, f"auto: {type(algorithm).__name__} with {type(optimizer).__name__} runs eagerly"
     if parameters < SMALL_MODEL:
         return False, f"auto: a model of {parameters:,} parameters gains nothing from compiling"
-    needed = COMPILE_AFTER.get(device.type, COMPILE_AFTER["cuda"])
-    if steps_left < needed:
-        return False, f"auto: {steps_left} steps left, fewer than the {needed} that repay compiling"
+    if steps_left < COMPILE_AFTER:
+        return False, f"auto: {steps_left} steps left, fewer than the {COMPILE_AFTER} that repay compiling"
     return True, f"auto: {steps_left} steps left repay compiling once"
 
 
@@ -70,7 +72,10 @@ class MetaStep:
         self.meta_loss = torch.compile(algorithm.meta_loss) if compile else algorithm.meta_loss
         self.compiled = compile
         self.grad_clip, self.cuda_graph = grad_clip, cuda_graph
-        self.task_chunk = task_chunk
+        # Compiled, the whole meta-batch is one graph: chunks of 4 would be unrolled (MAML Conv-4's first step
+        # then took 503 s to compile here, against 115 s whole).
+        self.task_chunk = None if compile and task_chunk == "auto" else task_chunk
+        self.eager_chunk = task_chunk
         self.graph = None
 
     def eager(self, batch: TaskBatch, step: int):
@@ -139,6 +144,7 @@ class MetaStep:
             first = next(iter(str(error).splitlines()), "")
             log.warning("torch.compile failed (%s: %s); this run goes on eagerly", type(error).__name__, first[:200])
             self.meta_loss, self.compiled, self.graph = self.algorithm.meta_loss, False, None
+            self.task_chunk = self.eager_chunk
             return self(batch, step)
 
     def capture(self, batch: TaskBatch, step: int) -> None:

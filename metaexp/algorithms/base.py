@@ -50,8 +50,8 @@ class Algorithm:
     # False where the backbone's weights are not the meta-parameters by their own names (MetaNet's twins), so
     # test.norm=training cannot run the backbone alone over training images.
     training_norm = True
-    # False where trainer.compile=auto should leave the meta-loss eager (its compiled speed is not measured).
-    compiles = True
+    # True where trainer.compile=auto may compile the meta-loss: its compiled speed was measured to gain (MAML).
+    compiles = False
 
     def __init__(self, model: nn.Module, objective: Objective):
         self.model, self.objective = model, objective

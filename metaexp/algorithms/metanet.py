@@ -45,7 +45,6 @@ class MetaNet(Algorithm):
     classification_only = True
 
     training_norm = False
-    compiles = False  # per-query fast weights: compile time and gain not measured; trainer.compile=true forces it
 
     def __init__(self, model, objective, chunks: int = 5):
         super().__init__(model, objective)
