@@ -267,11 +267,12 @@ def test_interrupted_and_resumed_run_ends_with_the_straight_runs_weights(tmp_pat
         "sampler.later_rate=0.25",
         cwd=tmp_path,
     )
-    report = json.loads((tmp_path / "resumed/eval-test-40envsteps-1steps-4ep-older.json").read_text())
+    # later_rate departs from the run's protocol: it is in the report's name and row (it changes the result).
+    report = json.loads((tmp_path / "resumed/eval-test-40envsteps-later_rate0.25-1steps-4ep-older.json").read_text())
     assert report["settings"]["sampler"]["budget"] == 40 and report["settings"]["sampler"]["later_rate"] == 0.25
     assert all(r["mean"] < 0 for r in report["by_inner_step"])
     table = run_cli("summarize", tmp_path / "resumed", "--markdown", cwd=tmp_path).stdout
-    assert f"| return_2steps (40envsteps) | {report['by_inner_step'][2]['mean']:.4f}" in table
+    assert f"| return_2steps (40envsteps-later_rate0.25) | {report['by_inner_step'][2]['mean']:.4f}" in table
 
 
 def evaluate(checkpoint, *settings, cwd) -> None:
