@@ -552,12 +552,24 @@ def reproduce(base, *extra, runs="runs", preset=PRESET, settings=("debug=fast", 
     ]  # fmt: skip
 
 
-@pytest.fixture
-def recorded(tmp_path):
-    """A folder whose records and page one finished `metaexp reproduce` wrote, and their snapshot."""
-    (tmp_path / "results.md").write_text(PAGE_PROSE)
-    first = run_cli(*reproduce(tmp_path), cwd=tmp_path)
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """The records and page one finished `metaexp reproduce` wrote (once for the module)."""
+    base = tmp_path_factory.mktemp("reproduced")
+    (base / "results.md").write_text(PAGE_PROSE)
+    first = run_cli(*reproduce(base), cwd=base)
     assert first.returncode == 0, first.stdout + first.stderr
+    return base
+
+
+@pytest.fixture
+def recorded(reproduced, tmp_path):
+    """A copy of those records and page in a folder of the test's own, and their snapshot."""
+    import shutil
+
+    shutil.copytree(reproduced / "records", tmp_path / "records")
+    for name in ("results.md", "results_curves.png"):
+        shutil.copy2(reproduced / name, tmp_path / name)
 
     def unchanged():
         return snapshot(tmp_path / "records") | {
