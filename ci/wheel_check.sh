@@ -8,7 +8,9 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-"$repo/.venv/bin/python" -m pip wheel -q --no-deps -w "$work/dist" "$repo" 2>/dev/null
+# A clean build says nothing: any setuptools warning (about package data, say) fails the check.
+"$repo/.venv/bin/python" -m pip wheel --no-deps --no-build-isolation -w "$work/dist" "$repo" > "$work/build.log" 2>&1
+if grep -i "warning" "$work/build.log"; then echo "wheel_check: the build printed warnings (above)"; exit 1; fi
 "$PYTHON" -m venv "$work/venv"
 wheel=$(ls "$work"/dist/metaexp-*.whl)
 "$work/venv/bin/python" -m pip install -q -c "$repo/constraints.txt" "$wheel[rl]"  # rl: the HalfCheetah commands

@@ -9,7 +9,8 @@ In a notebook:
     logits = predict(query_x)
 """
 
-__version__ = "0.1.0"
+from metaexp.version import __version__
+
 __all__ = ["compose", "build", "train", "load_run", "__version__"]
 
 

@@ -7,24 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from metaexp.configs import compose, config_dir
 from metaexp.trust import check_targets
 
-
-def config_dir() -> str:
-    """The config tree: `metaexp/conf` inside an installed wheel, `conf/` at the top of a source checkout."""
-    here = Path(__file__).resolve().parent
-    return str(next(c for c in (here / "conf", here.parent / "conf") if (c / "train.yaml").is_file()))
-
-
-def compose(overrides: list | None = None, config_name: str = "train") -> DictConfig:
-    """The config `metaexp train OVERRIDES...` would run, e.g. compose(["algorithm=protonet", "dataset=omniglot"])."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir(), version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides or []))
+__all__ = ["compose", "config_dir", "build", "train", "load_run", "LoadedRun"]
 
 
 def build(cfg: DictConfig, device: str = "cpu"):
@@ -61,6 +49,7 @@ def load_run(run_dir, checkpoint: str = "best", trust: tuple = ()) -> LoadedRun:
     torch's optimizers), or classes under the module prefixes in `trust`: a checkpoint from elsewhere cannot
     run code (metaexp.trust)."""
     from metaexp import checkpoint as checkpoints
+    from metaexp.components import build as build_component, objective_of
     from metaexp.evaluate import checked_params
     from metaexp.logs import read_metrics
 
@@ -69,8 +58,8 @@ def load_run(run_dir, checkpoint: str = "best", trust: tuple = ()) -> LoadedRun:
     state = checkpoints.load(path)
     cfg = OmegaConf.create(state["config"])
     check_targets(cfg, path, trust)
-    objective = get_class(cfg.sampler._target_).objective
-    algorithm = instantiate(cfg.algorithm, model=instantiate(cfg.backbone), objective=objective)
+    model = build_component(cfg.backbone, "backbone")
+    algorithm = build_component(cfg.algorithm, "algorithm", model=model, objective=objective_of(cfg))
     params = checked_params(algorithm.init_params(), state["params"], path)
     metrics = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     reports = {p.name: json.loads(p.read_text()) for p in sorted(run_dir.glob("eval-*.json"))}

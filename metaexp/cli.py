@@ -126,7 +126,7 @@ def dispatch(args: list) -> None:
         print(USAGE)
         raise SystemExit(0 if args else 2)
     if args[0] in ("-V", "--version"):
-        from metaexp import __version__
+        from metaexp.version import __version__
 
         print(f"metaexp {__version__}")
         return

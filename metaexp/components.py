@@ -88,13 +88,13 @@ def check_backbone(node: DictConfig, sampler) -> None:
     family, before the config is resolved (a classifier's `${sampler.ways}` would fail first, unhelpfully)."""
     policy = getattr(component_class(node), "is_policy", False)
     name = node._target_.rsplit(".", 1)[-1]
-    if policy and not hasattr(sampler, "act_with"):
+    if policy and not sampler.acts:
         raise MetaexpError(
             f"backbone={name} is a policy for reinforcement-learning task families, but {type(sampler).__name__} "
             f"draws {sampler.objective.task} tasks. Pick a backbone for them (mlp for the sinusoid, conv4 for "
             f"images), or a reinforcement-learning data set (dataset=navigation2d)."
         )
-    if not policy and hasattr(sampler, "act_with"):
+    if not policy and sampler.acts:
         raise MetaexpError(
             f"The task family is reinforcement learning and needs a policy backbone, but the backbone is {name}. "
             f"Use backbone=gaussian_policy."
@@ -138,3 +138,8 @@ def build_algorithm(cfg: DictConfig, sampler):
             f"follows sampler.ways) or set it to {sampler.outputs}."
         )
     return algorithm
+
+
+def objective_of(cfg: DictConfig):
+    """The objective of a run's tasks from its config alone, without drawing a task (`metaexp.load_run`)."""
+    return component_class(cfg.sampler).objective_from(lambda: build(cfg.dataset, "dataset"), cfg.sampler)

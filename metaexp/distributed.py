@@ -6,6 +6,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from metaexp.errors import MetaexpError
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -83,3 +85,24 @@ def mean(values: torch.Tensor) -> float:
     """Mean of all ranks' values together (ranks may hold different numbers of them)."""
     both = total(torch.stack([values.sum(), torch.tensor(float(values.numel()), dtype=values.dtype)]))
     return (both[0] / both[1]).item()
+
+
+def shard(count: int, setting: str) -> int:
+    """This rank's share of `count` tasks: the first `count % world` ranks take one more."""
+    world = world_size()
+    if count < world:
+        raise MetaexpError(
+            f"{setting}={count} gives fewer tasks than the {world} processes; set it to at least {world}."
+        )
+    return count // world + (rank() < count % world)
+
+
+def gather_generator_states(generator: torch.Generator) -> list:
+    """Every rank's sampling-generator state (index = rank), so a resume continues each rank's tasks."""
+    state = generator.get_state()
+    if world_size() == 1:
+        return [state]
+    on = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    states = [torch.empty_like(state).to(on) for _ in range(world_size())]
+    dist.all_gather(states, state.to(on))
+    return [s.cpu() for s in states]

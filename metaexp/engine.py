@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from metaexp import distributed
+from metaexp import distributed, trpo
 from metaexp.errors import MetaexpError
 from metaexp.samplers import TaskBatch
 from metaexp.threads import SMALL_MODEL
@@ -18,6 +18,40 @@ log = logging.getLogger("metaexp.engine")
 COMPILE_AFTER = 1000
 
 
+def check_combination(
+    algorithm, optimizer: type, *, device: torch.device, cuda_graph: bool, scheduled: bool, precision: str = "fp32"
+) -> None:
+    """The one place that says what a meta-step can combine, refusing the rest before anything is built or
+    written: a CUDA graph replays one fixed step on a GPU (no schedule of the step or the learning rate, no
+    data-dependent line search); TRPO runs in one process on an algorithm that adapts policies."""
+    if precision not in ("fp32", "bf16"):
+        raise MetaexpError(f"trainer.precision={precision} is not one of fp32, bf16.")
+    if issubclass(optimizer, trpo.TRPO):
+        if cuda_graph or distributed.world_size() > 1:
+            raise MetaexpError(
+                "optim=trpo runs a line search whose length depends on the data, which a captured CUDA graph or "
+                "several processes cannot follow. Set trainer.cuda_graph=false and run one process, or use "
+                "optim=adam."
+            )
+        trpo.check_fits(algorithm)
+    if not cuda_graph:
+        return
+    if device.type != "cuda":
+        raise MetaexpError(
+            f"trainer.cuda_graph=true needs a CUDA device; set trainer.cuda_graph=false on {device.type}."
+        )
+    if algorithm.changes_during_training:
+        raise MetaexpError(
+            "trainer.cuda_graph=true replays one fixed step, but the MAML++ schedules "
+            "(multi_step_loss, first_order_until) change the step as training goes. Turn one of them off."
+        )
+    if scheduled:
+        raise MetaexpError(
+            "trainer.cuda_graph=true replays a fixed step and cannot follow a learning-rate "
+            "schedule; drop the scheduler or set trainer.cuda_graph=false."
+        )
+
+
 def compile_choice(setting, *, steps_left: int, parameters: int, device: torch.device, algorithm, optimizer) -> tuple:
     """(compile?, why) for trainer.compile: true or false as given; `auto` compiles on a CPU a model of at least
     SMALL_MODEL parameters with at least COMPILE_AFTER steps left, for an algorithm that declares it gains and
@@ -27,7 +61,7 @@ def compile_choice(setting, *, steps_left: int, parameters: int, device: torch.d
         return bool(setting), f"trainer.compile={str(setting).lower()}"
     if device.type != "cpu":
         return False, f"auto: compiling on {device.type} is not measured yet; trainer.compile=true turns it on"
-    if getattr(optimizer, "needs_divergence", False) or not algorithm.compiles:
+    if isinstance(optimizer, trpo.TRPO) or not algorithm.compiles:
         return False, f"auto: {type(algorithm).__name__} with {type(optimizer).__name__} runs eagerly"
     if parameters < SMALL_MODEL:
         return False, f"auto: a model of {parameters:,} parameters gains nothing from compiling"
@@ -49,20 +83,11 @@ class MetaStep:
         grad_clip: float | None = None,
         task_chunk="auto",
     ):
-        if precision not in ("fp32", "bf16"):
-            raise MetaexpError(f"trainer.precision={precision} is not one of fp32, bf16.")
-        if cuda_graph and device.type != "cuda":
-            raise MetaexpError(
-                f"trainer.cuda_graph=true needs a CUDA device; set trainer.cuda_graph=false on {device.type}."
-            )
-        if cuda_graph and algorithm.changes_during_training:
-            raise MetaexpError(
-                "trainer.cuda_graph=true replays one fixed step, but the MAML++ schedules "
-                "(multi_step_loss, first_order_until) change the step as training goes. "
-                "Turn one of them off."
-            )
-        # TRPO (optim=trpo) takes a closure of (loss, divergence); trpo.check_fits refused what it cannot run.
-        self.trust_region = getattr(optimizer, "needs_divergence", False)
+        check_combination(
+            algorithm, type(optimizer), device=device, cuda_graph=cuda_graph, scheduled=False, precision=precision
+        )
+        # TRPO (optim=trpo) takes closures of the loss and the divergence instead of a gradient.
+        self.trust_region = isinstance(optimizer, trpo.TRPO)
         self.algorithm, self.params, self.optimizer, self.device = algorithm, params, optimizer, device
         self.autocast = (
             (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
@@ -104,9 +129,9 @@ class MetaStep:
 
         def divergence():
             with self.autocast():
-                return self.algorithm.meta_divergence(self.params, batch, chunk)
+                return trpo.meta_divergence(self.algorithm, self.params, batch, chunk)
 
-        product = self.algorithm.divergence_curvature(self.params, batch, chunk)
+        product = trpo.divergence_curvature(self.algorithm, self.params, batch, chunk)
         names = list(self.params)  # the optimizer holds params.values() in this order (loop.build_run)
 
         def curvature(tangents: list) -> list:

@@ -8,13 +8,9 @@ JSON file, `label` is 0..ways-1, `degrees` a multiple of 90 to rotate the image 
 """
 
 import json
-from itertools import groupby
 from pathlib import Path
 
-import torch
-
 from metaexp.errors import MetaexpError
-from metaexp.samplers import TaskBatch, rotate, to_float
 
 FORMAT = "metaexp-episodes/1"
 
@@ -102,39 +98,3 @@ def check_reference(where: str, folder: Path, ref) -> None:
 def ways_of(episodes: list) -> int:
     """The N of the N-way episodes in a checked file."""
     return len({e[1] for e in episodes[0]["support"]})
-
-
-def read_episodes(path: Path, episodes: list, sampler, dataset, meta_batch: int):
-    """TaskBatches of checked `episodes` from `path` (consecutive episodes of one shape batched together)."""
-    path = Path(path)
-    images = getattr(sampler, "images", None)
-    if images is None:
-        raise MetaexpError("Fixed episode sets are for classification data sets; this run's sampler has no images.")
-
-    def load(entry):
-        ref, label, degrees = entry if len(entry) == 3 else (*entry, 0)
-        if isinstance(ref, int):
-            if not 0 <= ref < len(images):
-                raise MetaexpError(f"{path}: row {ref} is outside the split ({len(images)} images).")
-            image = images[ref].clone()
-        else:
-            image = dataset.preprocess(path.parent / ref).to(images.device)
-            if image.shape != images.shape[1:]:
-                raise MetaexpError(
-                    f"{path}: {ref} has shape {tuple(image.shape)} after preprocessing; the model "
-                    f"needs {tuple(images.shape[1:])}."
-                )
-        return rotate(image[None], torch.tensor([degrees // 90 % 4], device=image.device))[0], label
-
-    tasks = []
-    for episode in episodes:
-        parts = [[load(e) for e in episode[name]] for name in ("support", "query")]
-        tasks.append(
-            [torch.stack([x for x, _ in part]) for part in parts]
-            + [torch.tensor([y for _, y in part], device=images.device) for part in parts]
-        )
-    for start in range(0, len(tasks), meta_batch):
-        group = tasks[start : start + meta_batch]
-        for _, run in groupby(group, key=lambda t: (t[0].shape, t[1].shape)):
-            sx, qx, sy, qy = (torch.stack(tensors) for tensors in zip(*run))
-            yield TaskBatch(to_float(sx), sy, to_float(qx), qy)

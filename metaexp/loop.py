@@ -4,11 +4,8 @@ import contextlib
 import json
 import logging
 import math
-import os
-import platform
 import signal
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,18 +13,19 @@ from pathlib import Path
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from metaexp import __version__, checkpoint, distributed, rundir, trpo
+from metaexp import checkpoint, distributed, rundir
 from metaexp.components import build, build_algorithm, build_sampler, component_class, resolve_device
-from metaexp.engine import MetaStep, compile_choice
+from metaexp.engine import MetaStep, check_combination, compile_choice
 from metaexp.errors import MetaexpError
-from metaexp.evaluate import evaluate_batches, sampled_batches, statistics_generator, test_statistics
+from metaexp.evaluate import evaluate_batches, statistics_generator, test_statistics
 from metaexp.logs import MetricsFile, RunLog, Stopwatch, TrainingProgress, console, read_metrics, summary_table
-from metaexp.resume import find_resume, restore
+from metaexp.machine import describe_machine
+from metaexp.resume import find_resume, restore, saved_state
+from metaexp.samplers import sampled_batches, task_generator
 from metaexp.settings import check_train
 from metaexp.threads import Threads
-from metaexp.samplers import task_generator
 
 log = logging.getLogger("metaexp.loop")
 
@@ -86,6 +84,16 @@ class Run:
     val_sampler: object
     generator: torch.Generator
 
+    @property
+    def metric(self) -> str:
+        return self.train_sampler.objective.metric
+
+    def parameters(self) -> int:
+        return sum(v.numel() for v in self.params.values())
+
+    def better(self, value: float, best: float | None) -> bool:
+        return best is None or (value > best if self.train_sampler.objective.higher_is_better else value < best)
+
 
 def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
     """Meta-train as `cfg` says in `run_dir` (the Hydra run directory by default); returns the best validation
@@ -101,68 +109,23 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
         cleanup.callback(run_log.close)
         torch.manual_seed(cfg.seed)
         run = build_run(cfg, device)  # first, so that a bad value is named before any resume question
-        parameters = sum(v.numel() for v in run.params.values())
-        threads = cleanup.enter_context(Threads(cfg.trainer.threads, parameters, device))
+        threads = cleanup.enter_context(Threads(cfg.trainer.threads, run.parameters(), device))
         if distributed.is_main():
             cleanup.enter_context(rundir.exclusive(run_dir))
-        source, saved = find_resume(cfg, run_dir, outputs_root=None if in_sweep() else Path(cfg.paths.output_dir))
-        if distributed.is_main():
-            rundir.record_config(run_dir, cfg)
-            rundir.remove_stale_temporaries(run_dir)
-            run_log.open(run_dir / "train.log")
-        progress = Progress()
-        if saved is not None:
-            progress.step, progress.best, progress.elapsed = restore(
-                saved, cfg, run.params, run.optimizer, run.scheduler, run.generator
-            )
-            progress.saved_at = progress.step if rundir.run_dir_of(source) == run_dir.resolve() else None
-            log.info("resumed from %s at step %d", source, progress.step)
-        metric = run.train_sampler.objective.metric
-        sinks = open_sinks(
-            cfg, run_dir, carry_from=rundir.run_dir_of(source) if source else run_dir, upto=progress.step
-        )
+        progress, source = resume(cfg, run, run_dir, run_log)
+        carry_from = rundir.run_dir_of(source) if source else run_dir
+        sinks = open_sinks(cfg, run_dir, carry_from=carry_from, upto=progress.step)
         cleanup.callback(close_all, sinks)
-        log.info(
-            "run directory %s; %s on %s, %d parameters; threads %s",
-            run_dir,
-            type(run.algorithm).__name__,
-            device,
-            parameters,
-            threads.describe(),
-        )
-        log.info("training %s", describe_setting(cfg))
-        compiled, why = compile_choice(
-            cfg.trainer.compile, steps_left=cfg.trainer.steps - progress.step, parameters=parameters, device=device,
-            algorithm=run.algorithm, optimizer=run.optimizer,
-        )  # fmt: skip
-        log.info("torch.compile %s (%s)", "on" if compiled else "off", why)
-        if distributed.is_main():
-            machine = {**describe_machine(device), "threads_chosen": threads.describe()}
-            (run_dir / "machine.json").write_text(json.dumps(machine) + "\n")
-        bar = cleanup.enter_context(
-            TrainingProgress(cfg.trainer.steps, progress.step, metric, enabled=distributed.is_main())
-        )
+        meta_step = announce(cfg, run, run_dir, progress, device=device, threads=threads)
+        steps, enabled = cfg.trainer.steps, distributed.is_main()
+        bar = cleanup.enter_context(TrainingProgress(steps, progress.step, run.metric, enabled=enabled))
         clock = Stopwatch(progress.elapsed)
         last = loop(
-            cfg, run, progress, stop=stop, sinks=sinks, bar=bar, clock=clock, run_dir=run_dir, device=device,
-            threads=threads, compiled=compiled,
+            cfg, run, progress, meta_step, stop=stop, sinks=sinks, bar=bar, clock=clock, run_dir=run_dir,
+            threads=threads,
         )  # fmt: skip
     if distributed.is_main():
-        console.print(
-            summary_table(
-                "metaexp train",
-                {
-                    "algorithm": type(run.algorithm).__name__,
-                    "steps": progress.step,
-                    f"train {metric}": last["train"][metric] if last["train"] else "-",
-                    f"val {metric} (last)": last["val"][metric] if last["val"] else "-",
-                    f"val {metric} (best)": progress.best if progress.best is not None else "-",
-                    "tasks/s (median of the logged laps)": statistics.median(last["rates"]) if last["rates"] else "-",
-                    "wall time (s)": clock.elapsed(),
-                    "run directory": str(run_dir),
-                },
-            )
-        )
+        console.print(summary(run, progress, last, clock.elapsed(), run_dir))
     return progress.best
 
 
@@ -172,17 +135,17 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
     algorithm = build_algorithm(cfg, train_sampler)
     params = {k: v.to(device).requires_grad_() for k, v in algorithm.init_params().items()}
     val_sampler = build_sampler(cfg, dataset, "val", device)
-    act(train_sampler, val_sampler, algorithm=algorithm, params=params)
-    if getattr(component_class(cfg.optim), "needs_divergence", False):  # before `capturable`, which TRPO lacks
-        trpo.check_fits(algorithm, cuda_graph=cfg.trainer.cuda_graph)
-    capturable = {"capturable": True} if cfg.trainer.cuda_graph else {}
+    # Samplers that act (rollouts of a policy) run the live parameters, adapted as in training or validation.
+    train_sampler.bind(algorithm, params, algorithm.inner_steps)
+    val_sampler.bind(algorithm, params, algorithm.eval_inner_steps)
+    trainer = cfg.trainer
+    check_combination(
+        algorithm, component_class(cfg.optim), device=device, cuda_graph=trainer.cuda_graph,
+        scheduled=bool(cfg.get("scheduler")), precision=trainer.precision,
+    )  # fmt: skip
+    capturable = {"capturable": True} if trainer.cuda_graph else {}
     optimizer = build(cfg.optim, "optimizer", params=list(params.values()), **capturable)
     scheduler = build(cfg.scheduler, "scheduler", optimizer=optimizer) if cfg.get("scheduler") else None
-    if scheduler is not None and cfg.trainer.cuda_graph:
-        raise MetaexpError(
-            "trainer.cuda_graph=true replays a fixed step and cannot follow a learning-rate "
-            "schedule; drop the scheduler or set trainer.cuda_graph=false."
-        )
     return Run(
         algorithm=algorithm,
         params=params,
@@ -194,156 +157,201 @@ def build_run(cfg: DictConfig, device: torch.device) -> Run:
     )
 
 
-def act(train_sampler, val_sampler, *, algorithm, params: dict) -> None:
-    """Samplers that act (rollouts of a policy) run the live parameters, adapted as in training or validation."""
-    if hasattr(train_sampler, "act_with"):
-        train_sampler.act_with(algorithm, params, algorithm.inner_steps)
-        val_sampler.act_with(algorithm, params, algorithm.eval_inner_steps)
+def resume(cfg: DictConfig, run: Run, run_dir: Path, run_log: RunLog) -> tuple:
+    """(progress, the checkpoint continued or None): the run's state after restoring the checkpoint that
+    trainer.resume finds; the run directory's config and log are opened here, after the resume is checked."""
+    source, saved = find_resume(cfg, run_dir, outputs_root=None if in_sweep() else Path(cfg.paths.output_dir))
+    if distributed.is_main():
+        rundir.record_config(run_dir, cfg)
+        rundir.remove_stale_temporaries(run_dir)
+        run_log.open(run_dir / "train.log")
+    progress = Progress()
+    if saved is not None:
+        progress.step, progress.best, progress.elapsed = restore(
+            saved, cfg, run.params, run.optimizer, run.scheduler, run.generator
+        )
+        progress.saved_at = progress.step if rundir.run_dir_of(source) == run_dir.resolve() else None
+        log.info("resumed from %s at step %d", source, progress.step)
+    return progress, source
+
+
+def announce(cfg: DictConfig, run: Run, run_dir: Path, progress: Progress, *, device, threads) -> MetaStep:
+    """Log what this run trains and on what, write machine.json and task.json, and build the meta-step
+    (compiled or not, as trainer.compile decides)."""
+    sampler, trainer = run.train_sampler, cfg.trainer
+    name, parameters = type(run.algorithm).__name__, run.parameters()
+    log.info(
+        "run directory %s; %s on %s, %d parameters; threads %s", run_dir, name, device, parameters, threads.describe()
+    )
+    algorithm, family = run.algorithm, cfg.dataset._target_.rsplit(".", 1)[-1]
+    inner = f", inner rate {algorithm.inner_lr} x {algorithm.inner_steps} steps" if algorithm.inner_steps else ""
+    log.info(
+        "training %s on %s: %s%s, meta-batch %d, %d steps",
+        name, family, sampler.describe(), inner, trainer.meta_batch, trainer.steps,
+    )  # fmt: skip
+    compiled, why = compile_choice(
+        trainer.compile, steps_left=trainer.steps - progress.step, parameters=parameters, device=device,
+        algorithm=run.algorithm, optimizer=run.optimizer,
+    )  # fmt: skip
+    log.info("torch.compile %s (%s)", "on" if compiled else "off", why)
+    if distributed.is_main():
+        machine = {**describe_machine(device), "threads_chosen": threads.describe()}
+        (run_dir / "machine.json").write_text(json.dumps(machine) + "\n")
+        task = {
+            "setting": type(sampler).label(cfg.sampler),
+            "metric": run.metric,
+            "higher_is_better": sampler.objective.higher_is_better,
+            "tasks": sampler.describe(),
+        }
+        (run_dir / "task.json").write_text(json.dumps(task) + "\n")
+    return MetaStep(
+        run.algorithm, run.params, run.optimizer, device=device, precision=trainer.precision, compile=compiled,
+        cuda_graph=trainer.cuda_graph, grad_clip=trainer.grad_clip, task_chunk=trainer.task_chunk,
+    )  # fmt: skip
+
+
+class Tally:
+    """The summed query losses and scores since the last train row, on the device (no host sync per step)."""
+
+    def __init__(self, device, step: int):
+        self.loss, self.score = torch.zeros((), device=device), torch.zeros((), device=device)
+        self.since, self.tasks = step, 0
+
+    def add(self, losses: torch.Tensor, scores: torch.Tensor, tasks: int) -> None:
+        self.loss += losses.sum()
+        self.score += scores.sum()
+        self.tasks += tasks
+
+    def means(self, step: int, meta_batch: int) -> tuple:
+        """(loss, score) per task over every rank since the last call; then counts afresh from `step`."""
+        tasks = (step - self.since) * meta_batch
+        loss, score = (distributed.total(s).item() / tasks for s in (self.loss, self.score))
+        self.loss.zero_()
+        self.score.zero_()
+        self.since = step
+        return loss, score
 
 
 def loop(
-    cfg: DictConfig, run: Run, progress: Progress, *, stop, sinks, bar, clock, run_dir: Path, device, threads, compiled
+    cfg: DictConfig, run: Run, progress: Progress, meta_step, *, stop, sinks, bar, clock, run_dir, threads
 ) -> dict:
     """Meta-train from `progress.step` to `cfg.trainer.steps`; returns the last train and val rows and the
     throughput of each logged lap."""
     trainer = cfg.trainer
-    metric, higher_is_better = run.train_sampler.objective.metric, run.train_sampler.objective.higher_is_better
-    tasks_per_rank = shard(trainer.meta_batch, "trainer.meta_batch")
-    meta_step = MetaStep(
-        run.algorithm,
-        run.params,
-        run.optimizer,
-        device=device,
-        precision=trainer.precision,
-        compile=compiled,
-        cuda_graph=trainer.cuda_graph,
-        grad_clip=trainer.grad_clip,
-        task_chunk=trainer.task_chunk,
-    )
-    loss_sum, score_sum = torch.zeros((), device=device), torch.zeros((), device=device)
-    done_tasks, logged_at = 0, progress.step
+    tasks_per_rank = distributed.shard(trainer.meta_batch, "trainer.meta_batch")
+    tally = Tally(meta_step.device, progress.step)
     deadline = time.monotonic() + 60 * trainer.minutes if trainer.minutes else math.inf
     last = {"train": None, "val": None, "rates": []}
-
-    def save(name: str) -> None:
-        check_weights(run.params, progress.step, run_dir, progress.saved_at)
-        states = gather_generator_states(run.generator)
-        if distributed.is_main():
-            checkpoint.save(
-                run_dir / "checkpoints" / name,
-                {
-                    "params": {k: v.detach().cpu() for k, v in run.params.items()},
-                    "optimizer": run.optimizer.state_dict(),
-                    "step": progress.step,
-                    "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
-                    "best": progress.best,
-                    "elapsed_s": clock.elapsed(),
-                    "generator": states,
-                    "metric": metric,
-                    "config": OmegaConf.to_container(cfg, resolve=False),
-                },
-            )
-        if name == "last.pt":
-            progress.saved_at = progress.step
-
     while progress.step < trainer.steps and not stop.signal:
         batch = run.train_sampler.sample(tasks_per_rank, run.generator)
         losses, scores = meta_step(batch, progress.step)
         threads.rebalance(every=1.0)  # a run started or ended beside this one
         if run.scheduler is not None:
             run.scheduler.step()
-        loss_sum += losses.sum()
-        score_sum += scores.sum()
+        tally.add(losses, scores, trainer.meta_batch)
         progress.step += 1
-        done_tasks += trainer.meta_batch
         # Every rank stops at the same step: the first to run out of time decides (one all-reduce, only with a limit).
         out_of_time = bool(trainer.minutes) and distributed.total(torch.tensor(time.monotonic() >= deadline)).item()
         final = progress.step == trainer.steps or out_of_time
         if progress.step % trainer.log_every == 0 or final or stop.signal:
-            tasks = (progress.step - logged_at) * trainer.meta_batch
-            loss, score = (distributed.total(s).item() / tasks for s in (loss_sum, score_sum))
+            loss, score = tally.means(progress.step, trainer.meta_batch)
             check_value("training loss", loss, progress.step, run_dir, progress.saved_at)
             last["train"] = {
-                "step": progress.step,
-                "split": "train",
-                "loss": loss,
-                metric: score,
-                "tasks_per_sec": clock.lap(done_tasks),
-                "elapsed_s": clock.elapsed(),
-                **drain(run.train_sampler),
-            }
+                "step": progress.step, "split": "train", "loss": loss, run.metric: score,
+                "tasks_per_sec": clock.lap(tally.tasks), "elapsed_s": clock.elapsed(), **run.train_sampler.drain(),
+            }  # fmt: skip
             write(sinks, last["train"])
             last["rates"].append(last["train"]["tasks_per_sec"])
             bar.update(progress.step, last["train"])
-            loss_sum.zero_()
-            score_sum.zero_()
-            logged_at = progress.step
         if progress.step % trainer.val_every == 0 or final:
             with clock.aside():
-                last["val"] = validate(cfg, run, progress.step, tasks_per_rank, device, clock)
+                last["val"] = validate(cfg, run, progress.step, tasks_per_rank, meta_step.device, clock)
                 write(sinks, last["val"])
-                for name in ("loss", metric):
-                    check_value(f"validation {name}", last["val"][name], progress.step, run_dir, progress.saved_at)
-                log.info(
-                    "step %d: val loss %.4f, val %s %.4f",
-                    progress.step,
-                    last["val"]["loss"],
-                    metric,
-                    last["val"][metric],
-                )
-                value = last["val"][metric]
-                if progress.best is None or (value > progress.best if higher_is_better else value < progress.best):
-                    progress.best = value
-                    save("best.pt")
-                save("last.pt")
+                keep(cfg, run, progress, last["val"], clock=clock, run_dir=run_dir)
         if out_of_time and progress.step < trainer.steps:
             log.info(
                 "trainer.minutes=%s reached at step %d of %d; checkpoints/last.pt holds it. Continue with the same "
-                "command plus trainer.resume=auto.",
-                trainer.minutes,
-                progress.step,
-                trainer.steps,
-            )
+                "command plus trainer.resume=auto.", trainer.minutes, progress.step, trainer.steps,
+            )  # fmt: skip
             break
     if stop.signal:
-        if progress.saved_at != progress.step:
-            save("last.pt")
-        name = signal.Signals(stop.signal).name
-        if progress.step == 0:
-            raise Interrupted(
-                f"Stopped by {name} before the first step; nothing was trained. Run the command again to start."
-            )
-        raise Interrupted(
-            f"Stopped by {name} at step {progress.step}; {run_dir}/checkpoints/last.pt holds this step. Continue "
-            f"with the same command plus trainer.resume=auto (or trainer.resume={run_dir})."
-        )
+        stopped(stop.signal, cfg, run, progress, clock=clock, run_dir=run_dir)
     return last
+
+
+def keep(cfg: DictConfig, run: Run, progress: Progress, row: dict, *, clock, run_dir: Path) -> None:
+    """After a validation: refuse a non-finite one, save best.pt when it is the best so far, and last.pt."""
+    for name in ("loss", run.metric):
+        check_value(f"validation {name}", row[name], progress.step, run_dir, progress.saved_at)
+    log.info("step %d: val loss %.4f, val %s %.4f", progress.step, row["loss"], run.metric, row[run.metric])
+    if run.better(row[run.metric], progress.best):
+        progress.best = row[run.metric]
+        save("best.pt", cfg, run, progress, clock=clock, run_dir=run_dir)
+    save("last.pt", cfg, run, progress, clock=clock, run_dir=run_dir)
+
+
+def save(name: str, cfg: DictConfig, run: Run, progress: Progress, *, clock, run_dir: Path) -> None:
+    """Write checkpoints/<name> (on the main rank; every rank's generator state is gathered into it)."""
+    check_weights(run.params, progress.step, run_dir, progress.saved_at)
+    generators = distributed.gather_generator_states(run.generator)
+    if distributed.is_main():
+        state = saved_state(
+            cfg, params=run.params, optimizer=run.optimizer, scheduler=run.scheduler, step=progress.step,
+            best=progress.best, elapsed=clock.elapsed(), generators=generators, metric=run.metric,
+        )  # fmt: skip
+        checkpoint.save(run_dir / "checkpoints" / name, state)
+    if name == "last.pt":
+        progress.saved_at = progress.step
+
+
+def stopped(signum: int, cfg: DictConfig, run: Run, progress: Progress, *, clock, run_dir: Path) -> None:
+    """Save the step a signal stopped at (unless saved already) and say how to continue."""
+    if progress.saved_at != progress.step:
+        save("last.pt", cfg, run, progress, clock=clock, run_dir=run_dir)
+    name = signal.Signals(signum).name
+    if progress.step == 0:
+        raise Interrupted(
+            f"Stopped by {name} before the first step; nothing was trained. Run the command again to start."
+        )
+    raise Interrupted(
+        f"Stopped by {name} at step {progress.step}; {run_dir}/checkpoints/last.pt holds this step. Continue "
+        f"with the same command plus trainer.resume=auto (or trainer.resume={run_dir})."
+    )
 
 
 def validate(cfg: DictConfig, run: Run, step: int, tasks_per_rank: int, device, clock: Stopwatch) -> dict:
     """The val row: mean query loss and score over the run's fixed validation tasks (the same every time)."""
     generator = task_generator(cfg.seed, "val", device, distributed.rank())
-    batches = sampled_batches(
-        run.val_sampler, shard(cfg.trainer.val_tasks, "trainer.val_tasks"), tasks_per_rank, generator
-    )
+    tasks = distributed.shard(cfg.trainer.val_tasks, "trainer.val_tasks")
+    batches = sampled_batches(run.val_sampler, tasks, tasks_per_rank, generator)
     norm = cfg.test.get("norm") or "episode"
     with test_statistics(norm, run.algorithm, run.params, run.train_sampler, statistics_generator(cfg.seed, device)):
         losses, scores = evaluate_batches(run.algorithm, run.params, batches)
-    metric = run.val_sampler.objective.metric
     return {
         "step": step,
         "split": "val",
         "loss": distributed.mean(losses),
-        metric: distributed.mean(scores),
+        run.metric: distributed.mean(scores),
         "tasks_per_sec": None,
         "elapsed_s": clock.elapsed(),
     }
 
 
-def drain(sampler) -> dict:
-    """A sampler's own fields for the train row (rollouts: the return before adaptation, environment steps per
-    second); none for the others."""
-    return sampler.drain() if hasattr(sampler, "drain") else {}
+def summary(run: Run, progress: Progress, last: dict, elapsed: float, run_dir: Path):
+    metric = run.metric
+    return summary_table(
+        "metaexp train",
+        {
+            "algorithm": type(run.algorithm).__name__,
+            "steps": progress.step,
+            f"train {metric}": last["train"][metric] if last["train"] else "-",
+            f"val {metric} (last)": last["val"][metric] if last["val"] else "-",
+            f"val {metric} (best)": progress.best if progress.best is not None else "-",
+            "tasks/s (median of the logged laps)": statistics.median(last["rates"]) if last["rates"] else "-",
+            "wall time (s)": elapsed,
+            "run directory": str(run_dir),
+        },
+    )
 
 
 def check_value(name: str, value: float, step: int, run_dir: Path, saved_at: int | None) -> None:
@@ -400,72 +408,5 @@ def write(sinks: list, row: dict) -> None:
         sink.write(row)
 
 
-def describe_setting(cfg: DictConfig) -> str:
-    """One line of what this run trains: tasks, inner loop, meta-batch and steps."""
-    sampler, algorithm = cfg.sampler, cfg.algorithm
-    if "ways" in sampler:
-        tasks = f"{sampler.ways}-way {sampler.shots}-shot, {sampler.queries} queries per class"
-    elif "trajectories" in sampler:
-        tasks = f"{sampler.trajectories} trajectories per task before and after adaptation"
-    else:
-        tasks = f"{sampler.shots}-shot regression, {sampler.queries} query points"
-    inner = f", inner rate {algorithm.inner_lr} x {algorithm.inner_steps} steps" if "inner_lr" in algorithm else ""
-    name = algorithm._target_.rsplit(".", 1)[-1]
-    return (
-        f"{name} on {cfg.dataset._target_.rsplit('.', 1)[-1]}: {tasks}{inner}, meta-batch "
-        f"{cfg.trainer.meta_batch}, {cfg.trainer.steps} steps"
-    )
-
-
-def describe_machine(device: torch.device) -> dict:
-    """What ran this: the device (GPU card or CPU cores), process count, versions, and the code's git commit
-    with a flag for uncommitted changes (null outside a git checkout, e.g. from a wheel)."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
-    return {
-        "device": name,
-        "processes": distributed.world_size(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "metaexp": __version__,
-        "python": platform.python_version(),
-        **git_state(Path(__file__).resolve().parent),
-    }
-
-
-def git_state(where: Path) -> dict:
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10)
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        if commit.returncode:
-            return {"git_commit": None, "git_dirty": None}
-        return {"git_commit": commit.stdout.strip(), "git_dirty": bool(git("status", "--porcelain").stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"git_commit": None, "git_dirty": None}
-
-
 def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def shard(count: int, setting: str) -> int:
-    """This rank's share of `count` tasks: the first `count % world` ranks take one more."""
-    world, rank = distributed.world_size(), distributed.rank()
-    if count < world:
-        raise MetaexpError(
-            f"{setting}={count} gives fewer tasks than the {world} processes; set it to at least {world}."
-        )
-    return count // world + (rank < count % world)
-
-
-def gather_generator_states(generator: torch.Generator) -> list:
-    """Every rank's sampling-generator state (index = rank), so a resume continues each rank's tasks."""
-    state = generator.get_state()
-    if distributed.world_size() == 1:
-        return [state]
-    states = [torch.empty_like(state) for _ in range(distributed.world_size())]
-    on = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
-    states = [s.to(on) for s in states]
-    torch.distributed.all_gather(states, state.to(on))
-    return [s.cpu() for s in states]

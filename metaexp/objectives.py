@@ -1,5 +1,7 @@
 """Per-task loss and score for the two kinds of task: classification and regression."""
 
+import math
+import statistics
 from typing import Callable
 
 import torch
@@ -13,6 +15,10 @@ class Objective:
 
     A plain class, not a dataclass: Hydra would turn a dataclass argument of `instantiate` into a config.
     """
+
+    # `divergence(prediction, y)`: how far a task's policy moved from the one that sampled its query set, for
+    # objectives of policies (the constraint of optim=trpo); None for the others.
+    divergence = None
 
     def __init__(
         self,
@@ -34,3 +40,10 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 CLASSIFICATION = Objective("accuracy", True, F.cross_entropy, accuracy, task="classification")
 REGRESSION = Objective("mse", False, F.mse_loss, F.mse_loss)
+
+
+def mean_ci95(values) -> tuple:
+    """Mean and 1.96 * sample std / sqrt(n) of a sequence of numbers."""
+    values = [float(v) for v in values]
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), 1.96 * std / math.sqrt(len(values))

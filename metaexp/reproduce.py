@@ -22,7 +22,6 @@ import fcntl
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -31,23 +30,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from hydra.utils import get_class
+
 from metaexp.errors import MetaexpError
 from metaexp.files import current_umask, replacing
 
 TABLE_START, TABLE_END = "<!-- metaexp reproduce: table -->", "<!-- /metaexp reproduce: table -->"
 RECORD = ("metrics.jsonl", "machine.json", ".hydra")
-
-
-def setting_overrides(setting: str) -> list | None:
-    """The `metaexp eval` overrides of a published setting: `20w1s` -> 20-way 1-shot, `10shot` -> 10 support
-    points; a policy's `return_<k>steps` needs none (one eval reports every step); None if not understood."""
-    if match := re.fullmatch(r"(\d+)w(\d+)s", setting):
-        return [f"sampler.ways={match[1]}", f"sampler.shots={match[2]}"]
-    if match := re.fullmatch(r"(\d+)shot", setting):
-        return [f"sampler.shots={match[1]}"]
-    if re.fullmatch(r"return_\d+steps", setting):
-        return []
-    return None
 
 
 def metaexp(*args: str) -> subprocess.CompletedProcess:
@@ -141,9 +130,9 @@ def regenerate(page: Path, folders: list) -> None:
 
 
 def main(argv: list) -> None:
-    from metaexp.api import compose
-    from metaexp.loop import describe_machine
     from metaexp.components import resolve_device
+    from metaexp.configs import compose
+    from metaexp.machine import describe_machine
     from metaexp.summarize import expected_time, preset_tables, read_records
 
     parser = argparse.ArgumentParser(prog="metaexp reproduce", description=__doc__)
@@ -179,7 +168,7 @@ def main(argv: list) -> None:
         print(f"== {preset}: {cfg.trainer.steps} steps, {expected_time(preset, schedule, records)}")
         try:
             with held(args.runs / f".{preset}.lock", f"preset {preset}"):
-                outcome = run_preset(preset, cfg.trainer.steps, tables[preset], deadline, args)
+                outcome = run_preset(preset, cfg, tables[preset], deadline, args)
         except MetaexpError as error:
             failed[preset] = str(error)
             print(f"== {preset} did not complete: {error}")
@@ -209,11 +198,11 @@ def table(args) -> None:
     print(f"== {args.page} regenerated from {', '.join(map(str, folders))}")
 
 
-def run_preset(preset: str, steps: int, figures: dict, deadline: float, args) -> bool | None:
+def run_preset(preset: str, cfg, figures: dict, deadline: float, args) -> bool | None:
     """Train (or continue) and evaluate one preset; then its record is replaced by the run's, if the run
     finished a schedule at least as long as the record's. True if the record changed, None once the budget is
     spent; a MetaexpError says why the preset failed."""
-    run, record = args.runs / preset, args.records / preset
+    run, record, steps = args.runs / preset, args.records / preset, cfg.trainer.steps
     if last_step(run) < steps:
         left = (deadline - time.monotonic()) / 60
         if left < 1:
@@ -226,7 +215,7 @@ def run_preset(preset: str, steps: int, figures: dict, deadline: float, args) ->
         if last_step(run) < steps:
             print(f"== the budget ran out in {preset} at step {last_step(run)}; the next call continues it")
             return None
-    evaluate(run, figures, args)
+    evaluate(run, figures, get_class(cfg.sampler._target_), args)
     if last_step(record) > last_step(run):
         print(
             f"== {record} holds a longer schedule ({last_step(record)} steps) than this run's {last_step(run)}; "
@@ -246,13 +235,13 @@ def where(run: Path) -> str:
     return f"its log: {run / 'train.log'}" if (run / "train.log").is_file() else "its reason is printed above"
 
 
-def evaluate(run: Path, figures: dict, args) -> None:
-    """`metaexp eval` of the finished run in every setting its preset publishes (once per checkpoint); a
-    MetaexpError if one fails."""
+def evaluate(run: Path, figures: dict, family: type, args) -> None:
+    """`metaexp eval` of the finished run in every setting its preset publishes (once per checkpoint), as the
+    task family (`family`, the sampler class) spells each setting's overrides; a MetaexpError if one fails."""
     reports = list(run.glob("eval-*.json"))
     if reports and min(r.stat().st_mtime for r in reports) > (run / "checkpoints" / "best.pt").stat().st_mtime:
         return
-    settings = [setting_overrides(s) for s in figures] or [[]]
+    settings = [family.test_overrides(s) for s in figures] or [[]]
     for overrides in sorted({tuple(o) for o in settings if o is not None}):
         tested = metaexp("eval", f"checkpoint={run}", f"trainer.device={args.device}", *overrides, *args.eval_set)
         if tested.returncode:

@@ -118,6 +118,33 @@ def newest_match(cfg: DictConfig, run_dir: Path, outputs_root: Path) -> tuple:
     return None, None
 
 
+def saved_state(
+    cfg: DictConfig,
+    *,
+    params: dict,
+    optimizer,
+    scheduler,
+    step: int,
+    best,
+    elapsed: float,
+    generators: list,
+    metric: str,
+) -> dict:
+    """What a checkpoint holds, as `restore` reads it back: weights, optimizer and schedule, where the run
+    stands, every rank's sampling generator, and the config that rebuilds it."""
+    return {
+        "params": {k: v.detach().cpu() for k, v in params.items()},
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "best": best,
+        "elapsed_s": elapsed,
+        "generator": generators,
+        "metric": metric,
+        "config": OmegaConf.to_container(cfg, resolve=False),
+    }
+
+
 def restore(state: dict, cfg: DictConfig, params: dict, optimizer, scheduler, generator) -> tuple:
     """Load a checkpoint's weights, optimizer, scheduler and this rank's generator; (step, best, elapsed).
 

@@ -15,16 +15,43 @@ that the meta-gradient and TRPO's curvature differentiate through: `ratio` adds 
 """
 
 import math
+import re
 import time
+from typing import Callable, Mapping, Protocol
 
 import torch
 from torch.func import vmap
 
 from metaexp.backbones import predict
 from metaexp.errors import MetaexpError
-from metaexp.objectives import Objective
-from metaexp.samplers import TaskBatch, at_least_one
+from metaexp.objectives import Objective, mean_ci95
+from metaexp.samplers import TaskBatch, TaskSampler, TestResult, refuse_episode_files
 from metaexp.settings import at_least, one_of, within
+
+
+class Environment(Protocol):
+    """The contract of a reinforcement-learning task family (the data set of `sampler=rollouts`), written for
+    batches: every method takes and returns tensors for all tasks and trajectories of a meta-batch at once, on
+    the training device, so one call steps them all. `Navigation2D` is the smallest example."""
+
+    horizon: int  # time steps per episode
+    observation_size: int  # numbers per observation (the policy's `in_features`)
+    action_size: int  # numbers per action (half the policy's outputs: mean and log-std)
+
+    def split(self, name: str) -> "Environment":
+        """The environment of one split (the same family for all, where tasks are drawn afresh)."""
+
+    def sample_tasks(self, tasks: int, generator: torch.Generator, device) -> torch.Tensor:
+        """`tasks` task descriptions `[tasks, ...]` (a goal, a velocity), drawn with `generator`."""
+
+    def reset(self, goals: torch.Tensor, trajectories: int, generator: torch.Generator) -> torch.Tensor:
+        """Start states `[tasks, trajectories, state]`."""
+
+    def observe(self, state: torch.Tensor, goals: torch.Tensor) -> torch.Tensor:
+        """Observations `[tasks, trajectories, observation_size]` of the states."""
+
+    def step(self, state: torch.Tensor, action: torch.Tensor, goals: torch.Tensor) -> tuple:
+        """(next states, rewards `[tasks, trajectories]`, done flags `[tasks, trajectories]`)."""
 
 
 class PolicyGradient(Objective):
@@ -132,11 +159,14 @@ def advantages(observations, rewards, masks, gamma: float, gae_lambda: float) ->
     return (gae - mean) / (std + 1e-8) * masks
 
 
-class RolloutSampler:
-    """Tasks of an RL task family with `trajectories` (K) episodes each: the support set sampled with the
-    current policy, the query set with the policy the algorithm adapted to the support set (`act_with` gives
-    the sampler the algorithm and its live parameters). `curve_steps`, `later_rate` and `budget` set the test
-    protocol of `adaptation_curve`."""
+class RolloutSampler(TaskSampler):
+    """Tasks of an RL task family (an `Environment`) with `trajectories` (K) episodes each: the support set
+    sampled with the current policy, the query set with the policy the algorithm adapted to the support set
+    (`bind` gives the sampler the algorithm and its live parameters). `curve_steps`, `later_rate` and `budget`
+    set the test protocol of `adaptation_curve`."""
+
+    acts = True
+    named = ("trajectories", "budget")
 
     def __init__(
         self,
@@ -150,12 +180,13 @@ class RolloutSampler:
         budget: int | None = None,
         device="cpu",
     ):
-        at_least_one(trajectories=trajectories, curve_steps=curve_steps)
+        at_least("sampler.trajectories", trajectories, 1, whole=True)
+        at_least("sampler.curve_steps", curve_steps, 1, whole=True)
         within("sampler.gamma", gamma, 0, 1)
         within("sampler.gae_lambda", gae_lambda, 0, 1)
         at_least("sampler.later_rate", later_rate, 0)
         if budget is not None:
-            at_least_one(budget=budget)
+            at_least("sampler.budget", budget, 1, whole=True)
         self.env, self.trajectories, self.gamma, self.gae_lambda = data, trajectories, gamma, gae_lambda
         self.curve_steps, self.later_rate, self.budget = curve_steps, later_rate, budget
         self.device = torch.device(device)
@@ -164,6 +195,24 @@ class RolloutSampler:
         self.outputs = data.action_size
         self.algorithm = self.params = None
         self.reset_tally()
+
+    @classmethod
+    def label(cls, settings: Mapping) -> str:
+        """`40traj`, or `4000envsteps` for a test on a budget of environment steps."""
+        return f"{settings['budget']}envsteps" if settings.get("budget") else f"{settings['trajectories']}traj"
+
+    @classmethod
+    def test_overrides(cls, name: str) -> list | None:
+        return [] if re.fullmatch(r"return_\d+steps", name) else None  # one eval reports every step
+
+    @classmethod
+    def objective_from(cls, dataset: Callable, settings: Mapping) -> "PolicyGradient":
+        """A policy's objective is shaped by its environment (horizon, action size): built from it."""
+        env = dataset()
+        return PolicyGradient(env.horizon, env.action_size, settings.get("inner_loss", "likelihood"))
+
+    def describe(self) -> str:
+        return f"{self.trajectories} trajectories per task before and after adaptation"
 
     def reset_tally(self) -> None:
         self.returns_before, self.tasks_sampled, self.env_steps, self.seconds = 0.0, 0, 0, 0.0
@@ -178,7 +227,7 @@ class RolloutSampler:
         self.reset_tally()
         return row
 
-    def act_with(self, algorithm, params: dict, inner_steps: int) -> None:
+    def bind(self, algorithm, params: dict, inner_steps: int) -> None:
         if algorithm.model.in_features != self.env.observation_size:
             raise MetaexpError(
                 f"The policy reads {algorithm.model.in_features} inputs but {type(self.env).__name__} observes "
@@ -191,6 +240,26 @@ class RolloutSampler:
             )
         self.algorithm, self.params, self.inner_steps = algorithm, params, inner_steps
 
+    def test(self, score: Callable, options, dataset, generator: torch.Generator) -> TestResult:
+        """Returns after the algorithm's test inner steps on `options.episodes` held-out tasks, and the curve of
+        returns after 0..curve_steps policy-gradient steps (`by_inner_step`)."""
+        refuse_episode_files(options)
+        if self.inner_steps > self.curve_steps:
+            raise MetaexpError(
+                f"test.inner_steps={self.inner_steps} is past the curve this test measures "
+                f"(sampler.curve_steps={self.curve_steps} policy-gradient steps). Set "
+                f"sampler.curve_steps={self.inner_steps} as well, or fewer inner steps."
+            )
+        curve = self.adaptation_curve(options.episodes, options.meta_batch, generator).float().cpu()
+        by_step = [dict(zip(("steps", "mean", "ci95"), (k, *mean_ci95(row.tolist())))) for k, row in enumerate(curve)]
+        return TestResult(curve[self.inner_steps], None, {"by_inner_step": by_step})
+
+    def training_images(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        raise MetaexpError(
+            "test.norm=training sets batch-norm statistics of images, and a policy has no batch norm; leave "
+            "test.norm unset for reinforcement-learning checkpoints."
+        )
+
     def tasks(self, count: int, generator: torch.Generator) -> torch.Tensor:
         """`count` tasks of the family, in the policy's precision."""
         dtype = next(iter(self.params.values())).dtype
@@ -201,11 +270,11 @@ class RolloutSampler:
         goals = self.tasks(meta_batch, generator)
         with torch.no_grad():
             weights = self.algorithm.model_params(self.params)
-            support = self.episodes(goals, weights, generator, shared=True)
+            support = self.collect(goals, weights, generator, shared=True)
             fast = vmap(self.algorithm.adapted_weights, in_dims=(None, 0, 0, None))(
                 self.params, *support, self.inner_steps
             )
-            query = self.episodes(goals, fast, generator, shared=False)
+            query = self.collect(goals, fast, generator, shared=False)
             self.returns_before += vmap(self.objective.mean_return)(*support).sum()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -214,13 +283,13 @@ class RolloutSampler:
         self.seconds += time.perf_counter() - start
         return TaskBatch(*support, *query)
 
-    def episodes(self, goals, weights: dict, generator, shared: bool, trajectories: int | None = None) -> tuple:
+    def collect(self, goals, weights: dict, generator, shared: bool, trajectories: int | None = None) -> tuple:
         """Observations `[B, K*T, obs]` and packed targets `[B, K*T, F]` of K episodes per task; `weights` are
         one policy for all tasks (`shared`) or one per task."""
         return self.packed(*self.rollout(goals, weights, generator, shared, trajectories or self.trajectories))
 
     def budgeted(self, goals, weights: dict, generator) -> tuple:
-        """As `episodes`, batched as the released MAML code's test loop (rllab's `batch_size`): whole episodes in
+        """As `collect`, batched as the released MAML code's test loop (rllab's `batch_size`): whole episodes in
         the order sampled until each task has `budget` environment steps, the last one cut at the budget, so a
         policy whose episodes end early gets more of them. Drawn `trajectories` episodes at a time."""
         rounds = [self.rollout(goals, weights, generator, False, self.trajectories)]
@@ -275,7 +344,7 @@ class RolloutSampler:
                     if self.budget:
                         x, y = self.budgeted(goals, weights, generator)
                     else:
-                        x, y = self.episodes(goals, weights, generator, shared=False)
+                        x, y = self.collect(goals, weights, generator, shared=False)
                     returns.append(vmap(self.objective.mean_return)(x, y))
                 if step < steps:
                     scale = 1.0 if step == 0 else self.later_rate

@@ -1,11 +1,18 @@
-"""TaskBatch and the samplers that draw whole meta-batches of tasks with batched tensor ops on the device."""
+"""TaskBatch, the protocol every task sampler keeps, and the samplers that draw whole meta-batches of tasks
+with batched tensor ops on the device."""
 
-from typing import NamedTuple
+import re
+from dataclasses import dataclass, field
+from itertools import groupby
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, NamedTuple
 
 import torch
 
+from metaexp.episodes import load_episodes, write_episodes
 from metaexp.errors import MetaexpError
-from metaexp.objectives import CLASSIFICATION, REGRESSION
+from metaexp.objectives import CLASSIFICATION, REGRESSION, Objective
+from metaexp.settings import SPLITS, at_least
 
 ROTATIONS = 4
 
@@ -30,15 +37,132 @@ class TaskBatch(NamedTuple):
         return self.support_x.shape[0]
 
 
-class RegressionSampler:
-    """Draws `shots` support and `queries` query points per task from a regression task family."""
+@dataclass
+class TestResult:
+    """What a task family's test protocol measured: one score per test task, their query losses where the
+    protocol has them, and any further fields of the report (a return curve over inner steps)."""
+
+    scores: torch.Tensor
+    losses: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class TaskSampler:
+    """What a task family says about itself, through its sampler: the loop, `metaexp eval`, `metaexp summarize`
+    and `metaexp reproduce` ask these instead of probing attributes or reading config keys. A new task family
+    is a data set (any class with `split(name)`) and a subclass of this:
+
+    - `objective`: the per-task loss, the metric and its direction (`metaexp.objectives.Objective`);
+      `outputs`: how many numbers the backbone's head must predict per example.
+    - `sample(meta_batch, generator)`: a `TaskBatch` of that many tasks, on the sampler's device.
+    - `label(settings)`: the short name of a test setting from the sampler's settings (`5w1s`, `10shot`), and
+      `report_label(settings)` the longer one of a report's file name; `named` lists the settings they spell
+      out (any other that differs from the run's own test is appended: `-gamma0.5`).
+    - `describe()`: the one line a run prints about its tasks.
+    - `objective_from(dataset, settings)`: the objective without a sampler (a saved run's, rebuilt).
+    - `test(score, options, dataset, generator)`: the protocol `metaexp eval` follows (default: fresh tasks
+      scored after adaptation); `test_overrides(name)`, the eval overrides of a published setting's name.
+    - `acts` and `bind(algorithm, params, inner_steps)`: for families whose sampling runs the live policy
+      (meta-RL rollouts); `drain()`: the family's own fields of a train row.
+    """
+
+    objective: Objective
+    outputs: int
+    named: tuple = ()
+    acts = False  # True where drawing a task runs the current policy: bind() hands it over
+
+    @classmethod
+    def label(cls, settings: Mapping) -> str:
+        raise NotImplementedError
+
+    @classmethod
+    def report_label(cls, settings: Mapping) -> str:
+        return cls.label(settings)
+
+    @classmethod
+    def objective_from(cls, dataset: Callable, settings: Mapping) -> Objective:
+        """The objective of this family's tasks without drawing any (`metaexp.load_run`); `dataset()` builds
+        the data set, for a family whose objective it shapes."""
+        return cls.objective
+
+    @classmethod
+    def test_overrides(cls, name: str) -> list | None:
+        """The `metaexp eval` overrides of the published setting `name` (None where it is not this family's)."""
+        return None
+
+    def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def bind(self, algorithm, params: dict, inner_steps: int) -> None:
+        """Hand the sampler the algorithm and its live parameters (a no-op for families that do not act)."""
+
+    def drain(self) -> dict:
+        return {}
+
+    def training_images(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """`count` training inputs for the batch-norm statistics of test.norm=training."""
+        raise MetaexpError(
+            f"test.norm=training normalises with statistics of training images, and {self.objective.task} tasks "
+            f"have none. Use test.norm=episode."
+        )
+
+    def test(self, score: Callable, options, dataset, generator: torch.Generator) -> TestResult:
+        """`metaexp eval`'s protocol: `options.episodes` fresh tasks (`options` is the eval config), scored by
+        `score(batches) -> (losses, scores)` after adaptation."""
+        refuse_episode_files(options)
+        losses, scores = score(sampled_batches(self, options.episodes, options.meta_batch, generator))
+        return TestResult(scores, losses)
+
+
+def refuse_episode_files(options) -> None:
+    if options.episodes_file or options.save_episodes:
+        raise MetaexpError("eval.episodes_file and eval.save_episodes are for classification episodes only.")
+
+
+def departures(sampler: type, standard: Mapping, used: Mapping) -> str:
+    """`-gamma2-later_rate0.1`: the settings of a test that differ from the run's own test (`standard`) and that
+    the setting's name does not spell out; empty for the standard test."""
+    changed = sorted(k for k, v in used.items() if k not in sampler.named and k != "_target_" and standard.get(k) != v)
+    return "".join(f"-{key}{used[key]}" for key in changed)
+
+
+def sampled_batches(sampler, episodes: int, meta_batch: int, generator: torch.Generator) -> Iterable[TaskBatch]:
+    """`episodes` tasks in meta-batches of at most `meta_batch`."""
+    for start in range(0, episodes, meta_batch):
+        yield sampler.sample(min(meta_batch, episodes - start), generator)
+
+
+class RegressionSampler(TaskSampler):
+    """Draws `shots` support and `queries` query points per task from a regression task family (a data set
+    with `sample(tasks, points, generator, device) -> (x, y)`)."""
 
     objective = REGRESSION
     outputs = 1
+    named = ("shots", "queries")
 
     def __init__(self, data, shots: int = 10, queries: int = 10, device="cpu"):
-        at_least_one(shots=shots, queries=queries)
+        at_least("sampler.shots", shots, 1, whole=True)
+        at_least("sampler.queries", queries, 1, whole=True)
         self.data, self.shots, self.queries, self.device = data, shots, queries, torch.device(device)
+
+    @classmethod
+    def label(cls, settings: Mapping) -> str:
+        return f"{settings['shots']}shot"
+
+    @classmethod
+    def report_label(cls, settings: Mapping) -> str:
+        return f"{settings['shots']}shot{settings['queries']}q"
+
+    @classmethod
+    def test_overrides(cls, name: str) -> list | None:
+        match = re.fullmatch(r"(\d+)shot", name)
+        return [f"sampler.shots={match[1]}"] if match else None
+
+    def describe(self) -> str:
+        return f"{self.shots}-shot regression, {self.queries} query points"
 
     def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
         x, y = self.data.sample(meta_batch, self.shots + self.queries, generator, self.device)
@@ -46,16 +170,18 @@ class RegressionSampler:
         return TaskBatch(x[:, :s], y[:, :s], x[:, s:], y[:, s:])
 
 
-class EpisodeSampler:
+class EpisodeSampler(TaskSampler):
     """N-way K-shot Q-query episodes from a `ClassSplit` held on the device; rotations add classes (x4).
     `rotations=None` follows the data set (`ClassSplit.rotations`)."""
 
     objective = CLASSIFICATION
+    named = ("ways", "shots", "queries")
 
     def __init__(
         self, data, ways: int = 5, shots: int = 1, queries: int = 15, rotations: bool | None = None, device="cpu"
     ):
-        at_least_one(ways=ways, shots=shots, queries=queries)
+        for key, value in (("ways", ways), ("shots", shots), ("queries", queries)):
+            at_least(f"sampler.{key}", value, 1, whole=True)
         rotations = data.rotations if rotations is None else rotations
         self.ways, self.shots, self.queries, self.rotations = ways, shots, queries, rotations
         self.outputs = ways
@@ -82,10 +208,76 @@ class EpisodeSampler:
                 f"split has {int(counts.min())} examples. Lower sampler.shots or sampler.queries."
             )
 
-    def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
-        return self.episodes(*self.draw(meta_batch, generator))
+    @classmethod
+    def label(cls, settings: Mapping) -> str:
+        return f"{settings['ways']}w{settings['shots']}s"
 
-    def some_images(self, count: int, generator: torch.Generator) -> torch.Tensor:
+    @classmethod
+    def report_label(cls, settings: Mapping) -> str:
+        return f"{settings['ways']}w{settings['shots']}s{settings['queries']}q"
+
+    @classmethod
+    def test_overrides(cls, name: str) -> list | None:
+        match = re.fullmatch(r"(\d+)w(\d+)s", name)
+        return [f"sampler.ways={match[1]}", f"sampler.shots={match[2]}"] if match else None
+
+    def describe(self) -> str:
+        return f"{self.ways}-way {self.shots}-shot, {self.queries} queries per class"
+
+    def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
+        return self.build(*self.draw(meta_batch, generator))
+
+    def test(self, score: Callable, options, dataset, generator: torch.Generator) -> TestResult:
+        """Fresh episodes, or those of an episode file (`eval.episodes_file`, drawn by any library); the
+        episodes drawn can be saved to one (`eval.save_episodes`)."""
+        if options.episodes_file:
+            listed = load_episodes(Path(options.episodes_file))
+            losses, scores = score(self.listed(Path(options.episodes_file), listed, dataset, options.meta_batch))
+            return TestResult(scores, losses)
+        draws = []
+        losses, scores = score(self.recorded(options.episodes, options.meta_batch, generator, draws))
+        if options.save_episodes:
+            write_episodes(Path(options.save_episodes), draws, self.shots, options.split)
+        return TestResult(scores, losses)
+
+    def listed(self, path: Path, episodes: list, dataset, meta_batch: int) -> Iterable[TaskBatch]:
+        """TaskBatches of the checked `episodes` of the file `path` (consecutive episodes of one shape batched
+        together); an entry is a row of this split or an image file the data set preprocesses."""
+
+        def load(entry):
+            ref, label, degrees = entry if len(entry) == 3 else (*entry, 0)
+            if isinstance(ref, int):
+                if not 0 <= ref < len(self.images):
+                    raise MetaexpError(f"{path}: row {ref} is outside the split ({len(self.images)} images).")
+                image = self.images[ref].clone()
+            else:
+                image = dataset.preprocess(path.parent / ref).to(self.device)
+                if image.shape != self.images.shape[1:]:
+                    raise MetaexpError(
+                        f"{path}: {ref} has shape {tuple(image.shape)} after preprocessing; the model "
+                        f"needs {tuple(self.images.shape[1:])}."
+                    )
+            return rotate(image[None], torch.tensor([degrees // 90 % 4], device=image.device))[0], label
+
+        tasks = []
+        for episode in episodes:
+            parts = [[load(e) for e in episode[name]] for name in ("support", "query")]
+            tasks.append(
+                [torch.stack([x for x, _ in part]) for part in parts]
+                + [torch.tensor([y for _, y in part], device=self.device) for part in parts]
+            )
+        for start in range(0, len(tasks), meta_batch):
+            for _, run in groupby(tasks[start : start + meta_batch], key=lambda t: (t[0].shape, t[1].shape)):
+                sx, qx, sy, qy = (torch.stack(tensors) for tensors in zip(*run))
+                yield TaskBatch(to_float(sx), sy, to_float(qx), qy)
+
+    def recorded(self, episodes: int, meta_batch: int, generator: torch.Generator, draws: list):
+        """As `sampled_batches`, appending each meta-batch's (rows, rotations) draw to `draws`."""
+        for start in range(0, episodes, meta_batch):
+            draws.append(self.draw(min(meta_batch, episodes - start), generator))
+            yield self.build(*draws[-1])
+
+    def training_images(self, count: int, generator: torch.Generator) -> torch.Tensor:
         """`count` images of the split drawn at random, as floats (for statistics of the training data)."""
         rows = torch.randperm(len(self.images), generator=generator, device=self.device)[:count]
         return to_float(self.images[rows])
@@ -102,7 +294,7 @@ class EpisodeSampler:
         rows = self.offsets[base].unsqueeze(-1) + keys.topk(per_class, dim=-1, largest=False).indices
         return rows, rotation
 
-    def episodes(self, rows: torch.Tensor, rotation: torch.Tensor) -> TaskBatch:
+    def build(self, rows: torch.Tensor, rotation: torch.Tensor) -> TaskBatch:
         """Build a TaskBatch from dataset rows `[B, ways, shots+queries]` and per-class rotations `[B, ways]`."""
         x = to_float(rotate(self.images[rows], rotation))
         b, ways = rows.shape[:2]
@@ -111,16 +303,6 @@ class EpisodeSampler:
         s = self.shots
         support_x, query_x = x[:, :, :s].flatten(1, 2), x[:, :, s:].flatten(1, 2)
         return TaskBatch(support_x, y[:, :, :s].flatten(1), query_x, y[:, :, s:].flatten(1))
-
-
-def at_least_one(**settings) -> None:
-    """Refuse a count below 1 (a negative count would slice tensors from the end and train on nonsense)."""
-    for key, value in settings.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise MetaexpError(
-                f"sampler.{key}={value!r} is not valid: it must be a whole number of 1 or more. "
-                f"Set it again on the command line, e.g. sampler.{key}=5."
-            )
 
 
 def rotate(images: torch.Tensor, quarters: torch.Tensor) -> torch.Tensor:
@@ -135,9 +317,6 @@ def rotate(images: torch.Tensor, quarters: torch.Tensor) -> torch.Tensor:
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 pixels as floats in [0, 1]."""
     return images.float().div_(255.0)
-
-
-SPLITS = ("train", "val", "test")
 
 
 def task_generator(seed: int, split: str, device, stream: int = 0) -> torch.Generator:

@@ -13,8 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from metaexp.errors import MetaexpError
-from metaexp.samplers import SPLITS
 
+SPLITS = ("train", "val", "test")
 
 NORMS = ("episode", "training")  # test.norm: each episode's batch statistics, or those of training images
 

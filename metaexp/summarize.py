@@ -10,17 +10,15 @@ import io
 import json
 import math
 import os
-import re
 import statistics
 import sys
 from pathlib import Path
 
 import yaml
 
-from metaexp import __version__
+from metaexp.version import __version__
 from metaexp.errors import MetaexpError
 from metaexp.files import replacing
-from metaexp.labels import departures, setting
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -149,6 +147,7 @@ def read_report(path: Path) -> dict:
     try:
         report = json.loads(path.read_text())
         float(report["mean"]), float(report["ci95"]), report["settings"]["sampler"].items()
+        str(report["settings"]["label"]), str(report["settings"]["standard_label"])
         for point in report.get("by_inner_step") or []:
             int(point["steps"]), float(point["mean"]), float(point["ci95"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
@@ -167,11 +166,25 @@ def machine(run: Path) -> str | None:
         raise BadRun(f"machine.json is not a metaexp machine description ({type(error).__name__})") from error
 
 
+def task(run: Path) -> dict:
+    """What the run's task family said of itself when training started (task.json): its setting's name, the
+    metric and its direction."""
+    path = run / "task.json"
+    if not path.is_file():
+        raise BadRun("task.json is missing (a run started by a metaexp before 0.2, or one that never started)")
+    try:
+        described = json.loads(path.read_text())
+        str(described["setting"]), str(described["metric"]), bool(described["higher_is_better"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise BadRun(f"task.json is not a metaexp task description ({type(error).__name__})") from error
+    return described
+
+
 def describe(run: Path) -> list:
     """One record per evaluation of a run (at least one, with the test fields empty)."""
     config, overrides, rows = load_run(run)
-    metric = next((k for r in rows for k in ("accuracy", "mse", "return") if k in r), None)
-    higher = metric in ("accuracy", "return")
+    family = task(run)
+    metric, higher = family["metric"], family["higher_is_better"]
     val = [r for r in rows if r["split"] == "val" and r.get(metric) is not None]
     laps = [r["tasks_per_sec"] for r in rows if r["split"] == "train" and r.get("tasks_per_sec")]
     steps = max((r["step"] for r in rows), default=0)
@@ -186,8 +199,8 @@ def describe(run: Path) -> list:
         "overrides": [o for o in overrides if not o.startswith("hydra.")],
         "preset": next((o.partition("=")[2] for o in overrides if o.startswith("experiment=")), None),
         "metric": metric,
-        "higher_is_better": higher if metric else None,
-        "protocol": protocol(config, metric),
+        "higher_is_better": higher,
+        "protocol": f"{metric}, {family['setting']}",
         "val_curve": [(r["step"], r[metric]) for r in val],
         "best_val": (max if higher else min)(r[metric] for r in val) if val else None,
         "final_val": val[-1][metric] if val else None,
@@ -203,36 +216,33 @@ def describe(run: Path) -> list:
     evals = sorted(run.glob("eval*.json"))
     if not evals:
         return [{**base, "test": None, "test_mean": None, "test_ci95": None, "episodes": None, "ci": None}]
-    records = []
-    test = config.get("test") or {}
-    standard = {**config.get("sampler", {}), **test.get("sampler", {})}  # the run's own test protocol
-    tested_in = setting(standard)
-    for path in evals:
-        report = read_report(path)
-        # A policy's report holds a curve: one record per number of adaptation steps (`return_1steps`).
-        points = report.get("by_inner_step") or [{"steps": None, "mean": report["mean"], "ci95": report["ci95"]}]
-        # An evaluation with other batch-norm statistics than the run's own test protocol says so in its name,
-        # and a policy's curve in other batches than its protocol's (`return_2steps (4000envsteps)`).
-        norm, own = report["settings"].get("norm", "episode"), test.get("norm", "episode")
-        used = report["settings"]["sampler"]
-        name = setting(used) + departures(standard, used)
-        batches = "" if name == tested_in else f" ({name})"
-        for point in points:
-            records.append(
-                {
-                    **base,
-                    "test": (
-                        name + (f" ({norm} norm)" if norm != own else "")
-                        if point["steps"] is None
-                        else f"{metric}_{point['steps']}steps{batches}"
-                    ),
-                    "test_mean": point["mean"],
-                    "test_ci95": point["ci95"],
-                    "episodes": report["episodes"],
-                    "ci": f"95% normal interval over {report['episodes']} episodes",
-                }
-            )
-    return records
+    own_norm = (config.get("test") or {}).get("norm", "episode")
+    return [{**base, **tested} for path in evals for tested in test_fields(read_report(path), metric, own_norm)]
+
+
+def test_fields(report: dict, metric: str, own_norm: str) -> list:
+    """The test fields of a record, one set per number of adaptation steps for a report that holds a curve
+    (`return_1steps`). An evaluation with other batch-norm statistics than the run's own test says so in its
+    name, and a policy's curve in other batches than its protocol's (`return_2steps (4000envsteps)`)."""
+    points = report.get("by_inner_step") or [{"steps": None, "mean": report["mean"], "ci95": report["ci95"]}]
+    norm = report["settings"].get("norm", "episode")
+    # The task family named the setting when it tested: `label`, and `standard_label` for the run's own test.
+    name = report["settings"]["label"]
+    batches = "" if name == report["settings"]["standard_label"] else f" ({name})"
+    return [
+        {
+            "test": (
+                name + (f" ({norm} norm)" if norm != own_norm else "")
+                if point["steps"] is None
+                else f"{metric}_{point['steps']}steps{batches}"
+            ),
+            "test_mean": point["mean"],
+            "test_ci95": point["ci95"],
+            "episodes": report["episodes"],
+            "ci": f"95% normal interval over {report['episodes']} episodes",
+        }
+        for point in points
+    ]
 
 
 def read_records(paths: list) -> tuple:
@@ -246,16 +256,6 @@ def read_records(paths: list) -> tuple:
     return records, bad
 
 
-def protocol(config: dict, metric: str | None) -> str:
-    """The validation protocol of a run (its training sampler's setting): curves of different protocols are
-    not comparable and get panels of their own."""
-    sampler = {k: v for k, v in (config.get("sampler") or {}).items() if k in ("ways", "shots", "trajectories")}
-    try:
-        return f"{metric}, {setting(sampler)}"
-    except KeyError:
-        return str(metric)
-
-
 def preset_tables() -> tuple:
     """Each conf/experiment preset's published figures, keyed by test setting (e.g. {"5w1s": 0.988}; None where
     the paper gives no figure for a setting the preset is tested in), and its full schedule: (tasks, work per
@@ -263,10 +263,10 @@ def preset_tables() -> tuple:
 
     Composing every preset takes seconds, so the answer is kept in the user's cache under a hash of every
     config file: a changed config composes afresh."""
-    from metaexp.api import config_dir
+    from metaexp.configs import config_dir
 
     conf = Path(config_dir())
-    digest = hashlib.sha256(__version__.encode())
+    digest = hashlib.sha256(f"{__version__} tables/2".encode())  # tables/2: named by the task families
     for path in sorted(conf.rglob("*.yaml")):
         digest.update(f"{path.relative_to(conf)}\0".encode() + path.read_bytes() + b"\0")
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "metaexp"
@@ -285,6 +285,7 @@ def preset_tables() -> tuple:
 def composed_preset_tables(conf: Path) -> tuple:
     """preset_tables, composed from the config tree `conf`."""
     from hydra import compose, initialize_config_dir
+    from hydra.utils import get_class
     from omegaconf import OmegaConf
 
     tables, tasks = {}, {}
@@ -297,11 +298,13 @@ def composed_preset_tables(conf: Path) -> tuple:
             tasks[path.stem] = (cfg.trainer.steps * cfg.trainer.meta_batch, examples * passes)
             published = cfg.test.get("published")
             table = OmegaConf.to_container(published) if published else {}
-            # A preset's own setting is in its name (`_20w5s`, `_10shot`); the figures it inherits are set to null.
-            own = re.search(r"_(\d+w\d+s|\d+shot)$", path.stem)
-            tables[path.stem] = {k: v for k, v in table.items() if v is not None or (own and k == own[1])}
-            if own:
-                tables[path.stem].setdefault(own[1], None)
+            # The preset's own test setting, as its task family names it: the figures it inherits for other
+            # settings are set to null, and its own is listed even where the paper gives none.
+            family = get_class(cfg.sampler._target_)
+            own = family.label(OmegaConf.merge(cfg.sampler, cfg.test.get("sampler") or {}))
+            tables[path.stem] = {k: v for k, v in table.items() if v is not None or k == own}
+            if family.test_overrides(own) is not None:
+                tables[path.stem].setdefault(own, None)
     return tables, tasks
 
 

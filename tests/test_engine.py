@@ -11,6 +11,7 @@ from metaexp.backbones.conv4 import Conv4
 from metaexp.backbones.mlp import MLP
 from metaexp.objectives import CLASSIFICATION, REGRESSION
 from metaexp.samplers import RegressionSampler, TaskBatch
+from metaexp.trpo import TRPO
 
 
 def run_steps(steps=3, **engine):
@@ -62,7 +63,7 @@ class Eager:
         ("auto", 60_000, 112_000, "cuda", Plain, torch.optim.Adam, False),  # not measured on a GPU yet
         ("auto", 70_000, 1_761, "cpu", Plain, torch.optim.Adam, False),  # the sinusoid MLP
         ("auto", 60_000, 112_000, "cpu", Eager, torch.optim.Adam, False),  # an algorithm that says no
-        ("auto", 60_000, 112_000, "cpu", Plain, type("TRPO", (), {"needs_divergence": True}), False),
+        ("auto", 60_000, 112_000, "cpu", Plain, TRPO, False),  # TRPO's line search stays eager
         (True, 4, 1_761, "cpu", Eager, torch.optim.Adam, True),  # as given
         (False, 60_000, 112_000, "cpu", Plain, torch.optim.Adam, False),
     ],
@@ -118,7 +119,7 @@ def test_refused_settings():
 
 
 def test_confidence_interval_is_196_standard_errors():
-    from metaexp.evaluate import mean_ci95
+    from metaexp.objectives import mean_ci95
 
     values = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0])
     mean, ci = mean_ci95(values)

@@ -80,6 +80,18 @@ def test_dependencies_are_ranges_and_the_tested_set_is_pinned():
     assert f"torch=={torch.__version__.split('+')[0]}" in pins
 
 
+def test_every_config_folder_is_listed_as_package_data():
+    """setuptools warns for each folder of package data not listed in `packages` (ci/wheel_check.sh fails on
+    any warning of the build): a new folder of conf/ must be listed in pyproject.toml."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {
+        ".".join(("metaexp", "conf", *folder.relative_to(ROOT / "conf").parts)).rstrip(".")
+        for folder in [ROOT / "conf", *(ROOT / "conf").rglob("*")]
+        if folder.is_dir() and "__pycache__" not in folder.parts
+    }
+    assert folders - listed == set(), f"list these in pyproject.toml's packages: {sorted(folders - listed)}"
+
+
 def test_version_and_progress_rates(cli):
     result = cli("--version")
     assert result.returncode == 0 and result.stdout.strip() == "metaexp 0.1.0"

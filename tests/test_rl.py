@@ -15,7 +15,8 @@ from metaexp.backbones import predict
 from metaexp.backbones.gaussian_policy import GaussianPolicy
 from metaexp.datasets.navigation2d import Navigation2D
 from metaexp.rollouts import RolloutSampler, baseline_features, fit_baseline, log_prob
-from metaexp.trpo import TRPO, conjugate_gradient
+from metaexp.objectives import REGRESSION
+from metaexp.trpo import TRPO, conjugate_gradient, divergence_curvature, meta_divergence
 
 # A short schedule: 2 goals x 3 trajectories of 15 steps, 4 meta-iterations.
 SMALL = [
@@ -56,7 +57,7 @@ def rightward(sampler: RolloutSampler):
     params = {k: torch.zeros_like(v) for k, v in algorithm.init_params().items()}
     params["head.bias"] = torch.tensor([1.0, 0.0])  # action (1, 0): 0.1 right per step
     params["log_std"] = torch.full((2,), -20.0)  # deterministic: the mean action
-    sampler.act_with(algorithm, params, 1)
+    sampler.bind(algorithm, params, 1)
     return algorithm, params
 
 
@@ -64,7 +65,7 @@ def test_finished_episodes_are_masked_and_stay_put():
     sampler = RolloutSampler(Navigation2D(horizon=6), trajectories=1)
     algorithm, params = rightward(sampler)
     goals = torch.tensor([[0.2, 0.0]])
-    x, y = sampler.episodes(goals, algorithm.model_params(params), torch.Generator(), shared=True)
+    x, y = sampler.collect(goals, algorithm.model_params(params), torch.Generator(), shared=True)
     _, _, masks, rewards, _, _ = sampler.objective.unpack(y)
     assert masks[0].tolist() == [1, 1, 0, 0, 0, 0]  # done at step 2, within 0.01 of (0.2, 0)
     assert x[0, 2:, 0].tolist() == pytest.approx([0.2] * 4)
@@ -81,7 +82,7 @@ def test_a_budgeted_batch_is_whole_episodes_until_the_budget_the_last_one_cut():
     full, cut, unused = [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0], [0] * 6
     assert masks[0].view(-1, 6).tolist() == [full, full, full, cut, unused, unused]  # 9 steps, then 1 of 3
     assert float(sampler.objective.mean_return(None, y[0])) == pytest.approx((3 * -0.3 - 0.2) / 4)
-    x, y = sampler.episodes(goals, weights, torch.Generator(), shared=False)
+    x, y = sampler.collect(goals, weights, torch.Generator(), shared=False)
     assert float(sampler.objective.mean_return(None, y[0])) == pytest.approx(-0.3)
 
 
@@ -91,11 +92,11 @@ def test_a_budget_of_whole_episodes_is_the_fixed_count_batch():
     torch.manual_seed(0)
     algorithm = MAML(GaussianPolicy(), sampler.objective, inner_lr=0.1)
     params = algorithm.init_params()
-    sampler.act_with(algorithm, params, 1)
+    sampler.bind(algorithm, params, 1)
     goals = torch.tensor([[0.3, -0.1], [-0.2, 0.4]])
     weights = {k: v.expand(2, *v.shape) for k, v in algorithm.model_params(params).items()}
     budgeted = sampler.budgeted(goals, weights, torch.Generator().manual_seed(1))
-    fixed = sampler.episodes(goals, weights, torch.Generator().manual_seed(1), shared=False)
+    fixed = sampler.collect(goals, weights, torch.Generator().manual_seed(1), shared=False)
     assert all(torch.equal(a, b) for a, b in zip(budgeted, fixed))
 
 
@@ -118,7 +119,7 @@ def sampled(seed=0, tasks=3, dtype=torch.float64, algorithm="maml", inner_loss="
     sampler = RolloutSampler(Navigation2D(horizon=12), trajectories=4, inner_loss=inner_loss)
     algorithm = {"maml": MAML, "metasgd": MetaSGD}[algorithm](model, sampler.objective, inner_lr=0.1)
     params = {k: v.to(dtype).requires_grad_() for k, v in algorithm.init_params().items()}
-    sampler.act_with(algorithm, params, 1)
+    sampler.bind(algorithm, params, 1)
     return algorithm, params, sampler.sample(tasks, torch.Generator().manual_seed(seed))
 
 
@@ -171,21 +172,21 @@ def test_query_set_was_sampled_by_the_adapted_policy():
         _, _, _, _, mean0, log_std0 = algorithm.objective.unpack(batch.query_y[task])
         torch.testing.assert_close(mean, mean0)
         torch.testing.assert_close(log_std, log_std0)
-    assert float(algorithm.meta_divergence(params, batch).detach()) == pytest.approx(0.0, abs=1e-12)
+    assert float(meta_divergence(algorithm, params, batch).detach()) == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("algorithm_name", ["maml", "metasgd"])
 def test_gauss_newton_curvature_equals_the_divergence_hessian_at_the_sampling_policy(algorithm_name):
     """The product TRPO uses against a Hessian-vector product of the divergence by double backward (float64)."""
     algorithm, params, batch = sampled(tasks=3, algorithm=algorithm_name)
-    gradient = torch.autograd.grad(algorithm.meta_divergence(params, batch), list(params.values()), create_graph=True)
+    gradient = torch.autograd.grad(meta_divergence(algorithm, params, batch), list(params.values()), create_graph=True)
     for seed in range(2):
         g = torch.Generator().manual_seed(seed)
         tangents = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in params.items()}
         exact = torch.autograd.grad(
             sum((d * t).sum() for d, t in zip(gradient, tangents.values())), list(params.values()), retain_graph=True
         )
-        product = algorithm.divergence_curvature(params, batch)(tangents)
+        product = divergence_curvature(algorithm, params, batch)(tangents)
         assert sum(float(p.detach().abs().sum()) for p in product.values()) > 0
         for (name, got), want in zip(product.items(), exact):
             torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-10, msg=name)
@@ -217,11 +218,11 @@ def test_trpo_step_keeps_the_kl_bound_and_improves_the_surrogate(seed):
         return algorithm.meta_loss(params, batch, 0)[0]
 
     def divergence():
-        return algorithm.meta_divergence(params, batch)
+        return meta_divergence(algorithm, params, batch)
 
     with torch.no_grad():
         start_loss = float(algorithm.meta_loss(params, batch, 0)[0])
-    product = algorithm.divergence_curvature(params, batch)
+    product = divergence_curvature(algorithm, params, batch)
     fraction = optimizer.step(loss, divergence, lambda tangents: list(product(dict(zip(params, tangents))).values()))
     with torch.no_grad():
         assert float(loss()) < start_loss and float(divergence()) <= 0.01
@@ -303,15 +304,19 @@ def test_mismatched_components_are_refused_in_one_paragraph(tmp_path, args, expe
 
 def test_trpo_refuses_an_algorithm_without_a_divergence():
     from metaexp.algorithms.reptile import Reptile
+    from metaexp.engine import check_combination
     from metaexp.errors import MetaexpError
-    from metaexp.trpo import check_fits
 
-    sampler = RolloutSampler(Navigation2D(), trajectories=2)
+    sampler, cpu = RolloutSampler(Navigation2D(), trajectories=2), torch.device("cpu")
     with pytest.raises(MetaexpError, match="optim=trpo bounds the change of the adapted policy"):
-        check_fits(Reptile(GaussianPolicy(), sampler.objective), cuda_graph=False)
+        check_combination(
+            Reptile(GaussianPolicy(), sampler.objective), TRPO, device=cpu, cuda_graph=False, scheduled=False
+        )
     with pytest.raises(MetaexpError, match="captured CUDA graph or several processes"):
-        check_fits(MAML(GaussianPolicy(), sampler.objective), cuda_graph=True)
-    check_fits(MAML(GaussianPolicy(), sampler.objective), cuda_graph=False)
+        check_combination(MAML(GaussianPolicy(), sampler.objective), TRPO, device=cpu, cuda_graph=True, scheduled=False)
+    with pytest.raises(MetaexpError, match="mse regression tasks have no policy"):
+        check_combination(MAML(GaussianPolicy(), REGRESSION), TRPO, device=cpu, cuda_graph=False, scheduled=False)
+    check_combination(MAML(GaussianPolicy(), sampler.objective), TRPO, device=cpu, cuda_graph=False, scheduled=False)
 
 
 def test_halfcheetah_steps_match_gymnasium():

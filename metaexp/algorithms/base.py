@@ -43,9 +43,10 @@ class Algorithm:
     classification_only = False
     # True where the meta-step changes as training goes (MAML++ schedules): a captured CUDA graph cannot follow.
     changes_during_training = False
-    # Inner steps at evaluation (from test.inner_steps); None for the methods without an inner loop.
-    eval_inner_steps = None
-    # True where `adapted_weights` can adapt a policy to trajectories (reinforcement-learning task families).
+    # Inner steps in training and at evaluation (from test.inner_steps); None for the methods without an inner loop.
+    inner_steps = eval_inner_steps = None
+    # True where `adapted_weights` can adapt a policy to trajectories (reinforcement-learning task families) and
+    # `task_policy(params, support_x, support_y, query_x)` returns one task's adapted policy on its queries.
     adapts_policies = False
     # False where the backbone's weights are not the meta-parameters by their own names (MetaNet's twins), so
     # test.norm=training cannot run the backbone alone over training images.
@@ -102,59 +103,6 @@ class Algorithm:
         task = partial(self.task_loss, step=step)
         outer_losses, losses, scores = vmap(task, in_dims=(None, 0, 0, 0, 0), chunk_size=chunk)(params, *batch)
         return outer_losses.mean(), losses.detach(), scores.detach()
-
-    def meta_divergence(self, params: dict, batch: TaskBatch, chunk: int | None = None):
-        """The mean over the meta-batch of the divergence between each query set's sampling policy and the policy
-        adapted now: the constraint of a trust-region meta-optimizer."""
-        return self.divergence_of(self.adapted_policies(params, batch, chunk), batch)
-
-    def divergence_of(self, policies: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
-        return vmap(self.objective.divergence)(policies, batch.query_y).mean()
-
-    def adapted_policies(self, params: dict, batch: TaskBatch, chunk: int | None = None) -> torch.Tensor:
-        """Every task's adapted policy on its query observations, `[B, n, 2 * actions]` (means, log-stds)."""
-        task = vmap(self.task_policy, in_dims=(None, 0, 0, 0), chunk_size=chunk)
-        return task(params, batch.support_x, batch.support_y, batch.query_x)
-
-    def task_policy(self, params, support_x, support_y, query_x):
-        raise MetaexpError(
-            f"optim=trpo bounds the change of the adapted policy, which {type(self).__name__} does not define. "
-            f"Use algorithm=maml or metasgd with it, or optim=adam."
-        )
-
-    def divergence_curvature(self, params: dict, batch: TaskBatch, chunk: int | None = None):
-        """v -> the Hessian of `meta_divergence` times v (dicts shaped as `params`), at the current parameters.
-
-        It is the Gauss-Newton product J^T H J v (J: the Jacobian of the adapted policies' outputs, H: the
-        divergence's Hessian in those outputs), which is exact here: the query sets were sampled by the policies
-        adapted from these parameters, where the divergence's gradient in the outputs is zero, so the term with
-        the network's second derivatives vanishes. J v comes from differentiating J^T u, linear in a probe u,
-        with respect to u; both graphs are built once. Each product is then two backward passes, 0.33 s on 2D
-        navigation against 0.5 s for forward-mode J v and 0.7 s for differentiating the divergence's gradient
-        again (one CPU thread, benchmarks/bench_rl.py's meta-batch).
-        """
-        names = [name for name, weight in params.items() if weight.requires_grad]
-        with torch.enable_grad():
-            outputs = self.adapted_policies(params, batch, chunk)
-            probe = torch.zeros_like(outputs, requires_grad=True)
-            transposed = torch.autograd.grad(
-                outputs, [params[k] for k in names], probe, create_graph=True, allow_unused=True
-            )
-            point = outputs.detach().requires_grad_()
-            slope = torch.autograd.grad(self.divergence_of(point, batch), point, create_graph=True)[0]
-        moving = [(name, t) for name, t in zip(names, transposed) if t is not None and t.requires_grad]
-
-        def product(tangents: dict) -> dict:
-            pushed = torch.autograd.grad(
-                [t for _, t in moving], probe, [tangents[name] for name, _ in moving], retain_graph=True
-            )[0]
-            curved = torch.autograd.grad(slope, point, pushed, retain_graph=True)[0]
-            products = torch.autograd.grad(
-                outputs, [params[k] for k in names], curved, retain_graph=True, allow_unused=True
-            )
-            return dict(zip(names, products))
-
-        return product
 
     def evaluate(self, params: dict, batch: TaskBatch, chunk: int | None = None):
         """Per-task query losses and scores after adaptation with the evaluation settings."""
