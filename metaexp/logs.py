@@ -45,6 +45,11 @@ class RunLog:
         # flushLevel above CRITICAL: nothing leaves memory before `open` gives it a file.
         self.handler = logging.handlers.MemoryHandler(capacity=10**6, flushLevel=logging.CRITICAL + 1)
         self.root.addHandler(self.handler)
+        # In a notebook (no Hydra logging set up) metaexp's INFO records would not even be made: train.log
+        # gets them all the same, and the level is restored when the run ends.
+        self.package, self.level = logging.getLogger("metaexp"), logging.getLogger("metaexp").level
+        if self.package.getEffectiveLevel() > logging.INFO:
+            self.package.setLevel(logging.INFO)
 
     def open(self, path: Path) -> None:
         file = logging.FileHandler(path)
@@ -58,6 +63,7 @@ class RunLog:
     def close(self) -> None:
         self.root.removeHandler(self.handler)
         self.handler.close()
+        self.package.setLevel(self.level)
 
 
 def scalars(row: dict) -> dict:

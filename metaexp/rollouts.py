@@ -166,7 +166,7 @@ class RolloutSampler(TaskSampler):
     set the test protocol of `adaptation_curve`."""
 
     acts = True
-    named = ("trajectories", "budget")
+    label_format = "{trajectories}traj"
 
     def __init__(
         self,
@@ -199,7 +199,11 @@ class RolloutSampler(TaskSampler):
     @classmethod
     def label(cls, settings: Mapping) -> str:
         """`40traj`, or `4000envsteps` for a test on a budget of environment steps."""
-        return f"{settings['budget']}envsteps" if settings.get("budget") else f"{settings['trajectories']}traj"
+        return f"{settings['budget']}envsteps" if settings.get("budget") else super().label(settings)
+
+    @classmethod
+    def spelled(cls) -> set:
+        return {"trajectories", "budget"}
 
     @classmethod
     def test_overrides(cls, name: str) -> list | None:

@@ -55,29 +55,36 @@ class TaskSampler:
     - `objective`: the per-task loss, the metric and its direction (`metaexp.objectives.Objective`);
       `outputs`: how many numbers the backbone's head must predict per example.
     - `sample(meta_batch, generator)`: a `TaskBatch` of that many tasks, on the sampler's device.
-    - `label(settings)`: the short name of a test setting from the sampler's settings (`5w1s`, `10shot`), and
-      `report_label(settings)` the longer one of a report's file name; `named` lists the settings they spell
-      out (any other that differs from the run's own test is appended: `-gamma0.5`).
+    - `label_format`: the short name of a test setting, spelled from the sampler's settings (`{ways}w{shots}s`
+      gives `5w1s`), and `report_format` the longer one of a report's file name; `label`, `report_label` and
+      `test_overrides` (the eval overrides of a published setting's name) follow from them. A setting they do
+      not spell out that differs from the run's own test is appended to the name: `-gamma0.5`.
     - `describe()`: the one line a run prints about its tasks.
     - `objective_from(dataset, settings)`: the objective without a sampler (a saved run's, rebuilt).
     - `test(score, options, dataset, generator)`: the protocol `metaexp eval` follows (default: fresh tasks
-      scored after adaptation); `test_overrides(name)`, the eval overrides of a published setting's name.
+      scored after adaptation).
     - `acts` and `bind(algorithm, params, inner_steps)`: for families whose sampling runs the live policy
       (meta-RL rollouts); `drain()`: the family's own fields of a train row.
     """
 
     objective: Objective
     outputs: int
-    named: tuple = ()
+    label_format: str
+    report_format: str | None = None  # None: as label_format
     acts = False  # True where drawing a task runs the current policy: bind() hands it over
 
     @classmethod
     def label(cls, settings: Mapping) -> str:
-        raise NotImplementedError
+        return cls.label_format.format_map(settings)
 
     @classmethod
     def report_label(cls, settings: Mapping) -> str:
-        return cls.label(settings)
+        return (cls.report_format or cls.label_format).format_map(settings)
+
+    @classmethod
+    def spelled(cls) -> set:
+        """The settings a report's name spells out."""
+        return set(re.findall(r"{(\w+)}", cls.report_format or cls.label_format))
 
     @classmethod
     def objective_from(cls, dataset: Callable, settings: Mapping) -> Objective:
@@ -87,8 +94,11 @@ class TaskSampler:
 
     @classmethod
     def test_overrides(cls, name: str) -> list | None:
-        """The `metaexp eval` overrides of the published setting `name` (None where it is not this family's)."""
-        return None
+        """The `metaexp eval` overrides of the published setting `name`, `label`'s inverse (`20w1s` ->
+        sampler.ways=20, sampler.shots=1); None where the name is not one of this family's."""
+        fields = re.findall(r"{(\w+)}", cls.label_format)
+        match = re.fullmatch(re.sub(r"\\{\w+\\}", r"(\\d+)", re.escape(cls.label_format)), name)
+        return [f"sampler.{key}={value}" for key, value in zip(fields, match.groups())] if match else None
 
     def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
         raise NotImplementedError
@@ -125,7 +135,8 @@ def refuse_episode_files(options) -> None:
 def departures(sampler: type, standard: Mapping, used: Mapping) -> str:
     """`-gamma2-later_rate0.1`: the settings of a test that differ from the run's own test (`standard`) and that
     the setting's name does not spell out; empty for the standard test."""
-    changed = sorted(k for k, v in used.items() if k not in sampler.named and k != "_target_" and standard.get(k) != v)
+    spelled = sampler.spelled()
+    changed = sorted(k for k, v in used.items() if k not in spelled and k != "_target_" and standard.get(k) != v)
     return "".join(f"-{key}{used[key]}" for key in changed)
 
 
@@ -141,25 +152,12 @@ class RegressionSampler(TaskSampler):
 
     objective = REGRESSION
     outputs = 1
-    named = ("shots", "queries")
+    label_format, report_format = "{shots}shot", "{shots}shot{queries}q"
 
     def __init__(self, data, shots: int = 10, queries: int = 10, device="cpu"):
         at_least("sampler.shots", shots, 1, whole=True)
         at_least("sampler.queries", queries, 1, whole=True)
         self.data, self.shots, self.queries, self.device = data, shots, queries, torch.device(device)
-
-    @classmethod
-    def label(cls, settings: Mapping) -> str:
-        return f"{settings['shots']}shot"
-
-    @classmethod
-    def report_label(cls, settings: Mapping) -> str:
-        return f"{settings['shots']}shot{settings['queries']}q"
-
-    @classmethod
-    def test_overrides(cls, name: str) -> list | None:
-        match = re.fullmatch(r"(\d+)shot", name)
-        return [f"sampler.shots={match[1]}"] if match else None
 
     def describe(self) -> str:
         return f"{self.shots}-shot regression, {self.queries} query points"
@@ -175,7 +173,7 @@ class EpisodeSampler(TaskSampler):
     `rotations=None` follows the data set (`ClassSplit.rotations`)."""
 
     objective = CLASSIFICATION
-    named = ("ways", "shots", "queries")
+    label_format, report_format = "{ways}w{shots}s", "{ways}w{shots}s{queries}q"
 
     def __init__(
         self, data, ways: int = 5, shots: int = 1, queries: int = 15, rotations: bool | None = None, device="cpu"
@@ -207,19 +205,6 @@ class EpisodeSampler(TaskSampler):
                 f"The sampler asks for {shots} shots + {queries} queries per class but the smallest class of the "
                 f"split has {int(counts.min())} examples. Lower sampler.shots or sampler.queries."
             )
-
-    @classmethod
-    def label(cls, settings: Mapping) -> str:
-        return f"{settings['ways']}w{settings['shots']}s"
-
-    @classmethod
-    def report_label(cls, settings: Mapping) -> str:
-        return f"{settings['ways']}w{settings['shots']}s{settings['queries']}q"
-
-    @classmethod
-    def test_overrides(cls, name: str) -> list | None:
-        match = re.fullmatch(r"(\d+)w(\d+)s", name)
-        return [f"sampler.ways={match[1]}", f"sampler.shots={match[2]}"] if match else None
 
     def describe(self) -> str:
         return f"{self.ways}-way {self.shots}-shot, {self.queries} queries per class"

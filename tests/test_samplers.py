@@ -1,4 +1,4 @@
-"""Episodic and regression samplers: shapes, labels, distinct classes and rows, rotations, determinism."""
+"""The task samplers (metaexp/samplers.py): shapes, labels, distinct rows, rotations, determinism, setting names."""
 
 import math
 
@@ -100,3 +100,25 @@ def test_sinusoid_tasks_follow_the_paper_ranges():
     amplitude_bound = y.abs().amax(1)
     assert amplitude_bound.min() < 0.5
     assert math.isclose(float(x.mean()), 0.0, abs_tol=0.05)
+
+
+def test_a_setting_name_and_its_eval_overrides_invert_each_other():
+    """`reproduce` evaluates a preset in each published setting by name: the name's overrides must spell the
+    same setting again, and a name of another family is not taken for one of this family's."""
+    from metaexp.rollouts import RolloutSampler
+
+    settings = {"ways": 20, "shots": 5, "queries": 15}
+    assert EpisodeSampler.label(settings) == "20w5s" and EpisodeSampler.report_label(settings) == "20w5s15q"
+    assert EpisodeSampler.test_overrides("20w5s") == ["sampler.ways=20", "sampler.shots=5"]
+    assert RegressionSampler.test_overrides("10shot") == ["sampler.shots=10"]
+    assert EpisodeSampler.test_overrides("10shot") is None and RegressionSampler.test_overrides("5w1s") is None
+    assert RolloutSampler.test_overrides("return_2steps") == [] and RolloutSampler.test_overrides("20traj") is None
+    assert RolloutSampler.label({"trajectories": 40, "budget": None}) == "40traj"
+    assert RolloutSampler.label({"trajectories": 40, "budget": 4000}) == "4000envsteps"
+    # A test that departs from the run's own in a setting the name does not spell says so.
+    from metaexp.samplers import departures
+
+    assert (
+        departures(RolloutSampler, {"gamma": 0.99, "trajectories": 20}, {"gamma": 0.5, "trajectories": 40})
+        == "-gamma0.5"
+    )
