@@ -114,7 +114,7 @@ def regenerate(page: Path, folders: list) -> None:
     """Replace the table between the markers of `page` (appended at its end the first time) and redraw the
     learning curves beside it (`results_curves.png`), as `metaexp summarize` would (a record it cannot read is
     named, not dropped in silence); each file is replaced whole or not at all."""
-    from metaexp import summarize
+    from metaexp import plots, summarize
 
     records = summarize.table_records(folders, grouped=False, presets=True)
     table = f"{TABLE_START}\n{summarize.markdown(records).strip()}\n{TABLE_END}"
@@ -124,7 +124,7 @@ def regenerate(page: Path, folders: list) -> None:
         text = before + table + rest.split(TABLE_END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + table + "\n"
-    summarize.plot(records, page.with_name("results_curves.png"), grouped=False)
+    plots.plot(records, page.with_name("results_curves.png"), grouped=False)
     with replacing(page, "w") as file:
         file.write(text)
 
@@ -133,7 +133,8 @@ def main(argv: list) -> None:
     from metaexp.components import resolve_device
     from metaexp.configs import compose
     from metaexp.machine import describe_machine
-    from metaexp.summarize import expected_time, preset_tables, read_records
+    from metaexp.presets import expected_time, preset_tables
+    from metaexp.records import read_records
 
     parser = argparse.ArgumentParser(prog="metaexp reproduce", description=__doc__)
     parser.add_argument("presets", nargs="*", help="conf/experiment presets (default: all)")
@@ -160,7 +161,7 @@ def main(argv: list) -> None:
     device = describe_machine(resolve_device(args.device))["device"]
     # Earlier records made on this kind of device time each preset (a table with no records reads as none).
     records = read_records([args.records])[0] if holds_records(args.records) else []
-    records = [r for r in records if r["machine"] == device]
+    records = [r for r in records if r.machine == device]
     failed, changed = {}, False
     for preset in [] if args.table_only else presets:
         cfg = compose([f"experiment={preset}", *args.set])

@@ -511,6 +511,8 @@ def test_summarize_lists_malformed_runs_and_summarises_the_rest(used, tmp_path):
         "badyaml": lambda r: (r / ".hydra" / "config.yaml").write_text("a: [\n"),
         "badeval": lambda r: (r / "eval-test-x.json").write_text("{"),
         "badmachine": lambda r: (r / "machine.json").write_text("{not json"),
+        "notask": lambda r: (r / "task.json").unlink(),
+        "badtask": lambda r: (r / "task.json").write_text('{"setting": "5w1s"}'),
         "intoverrides": lambda r: (r / ".hydra" / "overrides.yaml").write_text("- 1\n- 2\n"),
         "badcurve": lambda r: (r / "eval-test-y.json").write_text(
             json.dumps({"mean": 1.0, "ci95": 0.0, "settings": {"sampler": {}}, "by_inner_step": [1, 2]})

@@ -64,7 +64,7 @@ def test_an_unknown_preset_is_one_paragraph(tmp_path):
 
 def test_every_preset_states_its_papers_figure_or_that_there_is_none():
     from metaexp.api import compose
-    from metaexp.summarize import preset_tables
+    from metaexp.presets import preset_tables
 
     for preset, table in preset_tables()[0].items():
         if "halfcheetah" not in preset:  # MAML's paper shows HalfCheetah as learning curves only
@@ -75,14 +75,15 @@ def test_every_preset_states_its_papers_figure_or_that_there_is_none():
 
 
 def test_expected_time_of_a_preset_not_yet_run():
-    from metaexp.summarize import expected_time
+    from metaexp.presets import expected_time
+    from metaexp.records import Record
 
     tasks = {"maml_omniglot_5w1s": (1_920_000, 10), "maml_omniglot_20w1s": (1_920_000, 40), "reptile_x_5w1s": (1, 2)}
     records = [
-        {"preset": "maml_omniglot_5w1s", "tasks_per_sec": 100.0, "machine": "CPU"},
-        {"preset": "maml_omniglot_5w1s", "tasks_per_sec": 150.0, "machine": "CPU"},
-        {"preset": "maml_omniglot_5w1s", "tasks_per_sec": 4000.0, "machine": "GPU"},
-        {"preset": None, "tasks_per_sec": 1.0, "machine": "CPU"},
+        Record("a", preset="maml_omniglot_5w1s", tasks_per_sec=100.0, machine="CPU"),
+        Record("b", preset="maml_omniglot_5w1s", tasks_per_sec=150.0, machine="CPU"),
+        Record("c", preset="maml_omniglot_5w1s", tasks_per_sec=4000.0, machine="GPU"),
+        Record("d", preset=None, tasks_per_sec=1.0, machine="CPU"),
     ]
     # One estimate per machine, each from its slowest record.
     assert expected_time("maml_omniglot_5w1s", tasks, records) == "about 5.3 h on CPU; about 8 min on GPU"
@@ -94,20 +95,21 @@ def test_expected_time_of_a_preset_not_yet_run():
 
 
 def test_a_variant_of_a_preset_is_not_compared_with_its_paper():
-    from metaexp.summarize import attach_published, preset_records
+    from metaexp.presets import attach_published, preset_records
+    from metaexp.records import Record
 
     tables, tasks = {"maml_nav": {"return_1steps": -11.68}}, {"maml_nav": (100, 1)}
 
     def record(*overrides):
-        return {"preset": "maml_nav", "overrides": ["experiment=maml_nav", *overrides], "test": "return_1steps",
-                "test_mean": -10.0, "published": None, "tasks_per_sec": 1.0, "machine": "CPU"}  # fmt: skip
+        return Record("run", preset="maml_nav", overrides=["experiment=maml_nav", *overrides], test="return_1steps",
+                      test_mean=-10.0, tasks_per_sec=1.0, machine="CPU")  # fmt: skip
 
     shortened, variant = record("trainer.steps=5", "trainer.device=cpu"), record("dataset.oracle=true")
     attach_published([shortened, variant], tables)
-    assert shortened["published"] == -11.68 and variant["published"] is None
+    assert shortened.published == -11.68 and variant.published is None
     # Only the variant ran: the preset's own row is still "not yet run".
     (row,) = preset_records([variant], tables, tasks)
-    assert row["preset"] == "maml_nav" and row["status"].startswith("not yet run")
+    assert row.preset == "maml_nav" and row.status.startswith("not yet run")
     assert preset_records([shortened, variant], tables, tasks) == []
 
 

@@ -10,8 +10,8 @@ LONGEST = 60  # lines of a function, its docstring included
 # Lowest first. A module imports from its own layer or lower ones only; within a layer, without a circle.
 LAYERS = [
     ["version", "errors", "logs", "objectives", "configs", "threads"],
-    ["files", "settings", "distributed", "trust", "rundir", "episodes", "machine"],
-    ["checkpoint", "backbones", "datasets"],
+    ["files", "settings", "distributed", "trust", "rundir", "episodes", "machine", "records"],
+    ["checkpoint", "backbones", "datasets", "presets", "plots"],
     ["samplers"],
     ["rollouts", "algorithms", "trpo"],
     ["components", "engine", "resume"],

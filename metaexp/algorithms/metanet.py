@@ -73,8 +73,9 @@ class MetaNet(Algorithm):
         Each generator's output bias is set so that a zero gradient gives a zero fast weight. With torch's default
         initialisation alone, a generator gives nearly one value to every coordinate (most gradients are tiny, so
         their features sit near (-1, 0)); where that value is negative, `relu(W* h)` is zero at every conv layer
-        (its inputs are non-negative) and the generator never receives a gradient (DESIGN.md saw this on 2 of 10
-        seeds). Centred, the fast weights take the signs of the gradients and both paths train."""
+        (its inputs are non-negative) and the generator never receives a gradient (seen in a plain reimplementation
+        with Chainer's default initialisation). Centred, the fast weights take the signs of the gradients and both
+        paths train."""
         twin = copy.deepcopy(self.model)
         for module in twin.modules():
             if hasattr(module, "reset_parameters"):
