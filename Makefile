@@ -8,7 +8,7 @@ PINS   := -c constraints.txt
 RUN    := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: help install install-dev peer-rl train test lint bench wheel-check reproduce results clean
+.PHONY: help install install-dev peer-rl train test test-fast lint bench wheel-check reproduce results clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ train: install  ## MAML on sinusoid regression, the embedded default (about a mi
 
 test: install-dev lint  ## the test suite (about 20 minutes on 2 cores)
 	$(VENV)/bin/pytest -q
+
+test-fast: install-dev  ## the suite less its `slow` tests (signals, kills, subprocesses): the edit-test loop
+	$(VENV)/bin/pytest -q -m "not slow"
 
 lint: install-dev  ## ruff: lint and formatting of the package, tests, benchmarks and CI scripts
 	$(VENV)/bin/ruff check metaexp tests benchmarks ci

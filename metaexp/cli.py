@@ -1,4 +1,4 @@
-"""`metaexp train | eval | summarize`: each subcommand is a Hydra app over the configs in conf/."""
+"""`metaexp train | eval | summarize | reproduce`: train and eval are Hydra apps over the configs in conf/."""
 
 import contextlib
 import logging
@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.markup import escape
 
-from metaexp.api import config_dir
+from metaexp.configs import config_dir
 from metaexp.errors import MetaexpError
 from metaexp.logs import console
 

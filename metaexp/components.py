@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from metaexp.algorithms.base import Algorithm
-from metaexp import settings
+from metaexp import schema
 from metaexp.errors import MetaexpError
 
 
@@ -70,9 +70,9 @@ def check_types(node: DictConfig) -> None:
         if key in hints and not OmegaConf.is_missing(node, key):
             with contextlib.suppress(OmegaConfBaseException):  # an interpolation instantiate will report
                 value = node[key]
-                kinds = settings.plain_types(hints[key])
-                if kinds and not settings.fits(value, kinds):
-                    settings.refuse(f"{node._key()}.{key}", value, settings.describe(hints[key]))
+                kinds = schema.plain_types(hints[key])
+                if kinds and not schema.fits(value, kinds):
+                    schema.refuse(f"{node._key()}.{key}", value, schema.describe(hints[key]))
 
 
 def check_objective(node: DictConfig, objective) -> None:

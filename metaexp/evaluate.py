@@ -27,7 +27,7 @@ from metaexp.errors import MetaexpError
 from metaexp.files import replacing
 from metaexp.logs import console, summary_table
 from metaexp.rundir import checkpoint_file, run_dir_of
-from metaexp.settings import check_eval
+from metaexp.schema import check_eval
 from metaexp.objectives import mean_ci95
 from metaexp.samplers import departures, task_generator
 from metaexp.trust import check_targets

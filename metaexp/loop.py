@@ -24,7 +24,7 @@ from metaexp.logs import MetricsFile, RunLog, Stopwatch, TrainingProgress, conso
 from metaexp.machine import describe_machine
 from metaexp.resume import find_resume, restore, saved_state
 from metaexp.samplers import sampled_batches, task_generator
-from metaexp.settings import check_train
+from metaexp.schema import check_train
 from metaexp.threads import Threads
 
 log = logging.getLogger("metaexp.loop")

@@ -26,7 +26,7 @@ from metaexp.backbones import predict
 from metaexp.errors import MetaexpError
 from metaexp.objectives import Objective, mean_ci95
 from metaexp.samplers import TaskBatch, TaskSampler, TestResult, refuse_episode_files
-from metaexp.settings import at_least, one_of, within
+from metaexp.schema import at_least, one_of, within
 
 
 class Environment(Protocol):

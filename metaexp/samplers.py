@@ -12,7 +12,7 @@ import torch
 from metaexp.episodes import load_episodes, write_episodes
 from metaexp.errors import MetaexpError
 from metaexp.objectives import CLASSIFICATION, REGRESSION, Objective
-from metaexp.settings import SPLITS, at_least
+from metaexp.schema import SPLITS, at_least
 
 ROTATIONS = 4
 
@@ -79,7 +79,7 @@ class TaskSampler:
 
     @classmethod
     def report_label(cls, settings: Mapping) -> str:
-        return (cls.report_format or cls.label_format).format_map(settings)
+        return cls.report_format.format_map(settings) if cls.report_format else cls.label(settings)
 
     @classmethod
     def spelled(cls) -> set:

@@ -82,6 +82,9 @@ class Threads:
         self.checked_at = -math.inf
 
     def __enter__(self):
+        import torch
+
+        self.before = torch.get_num_threads()  # given back on exit: a notebook's later work keeps its threads
         if self.setting == "auto" and self.device.type == "cpu":
             with contextlib.suppress(OSError):  # no writable cache: this run counts only itself
                 self.folder.mkdir(parents=True, exist_ok=True)
@@ -92,9 +95,12 @@ class Threads:
         return self
 
     def __exit__(self, *exc):
+        import torch
+
         if self.file is not None:
             self.path.unlink(missing_ok=True)
             self.file.close()
+        torch.set_num_threads(self.before)
 
     def rebalance(self, every: float = 0.0) -> int:
         """Set torch's intra-op threads for the runs on the machine now (at most once per `every` seconds);

@@ -14,7 +14,7 @@ import torch
 from torch.func import vmap
 
 from metaexp.errors import MetaexpError
-from metaexp.settings import at_least, within
+from metaexp.schema import at_least, within
 
 
 class TRPO(torch.optim.Optimizer):

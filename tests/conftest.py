@@ -1,10 +1,14 @@
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +33,33 @@ def run_cli(*args, cwd, timeout=300, env=None):
     )
 
 
+def run_inline(*args, cwd, env=None):
+    """`metaexp ARGS` in this process, through the command's own dispatch (Hydra app, one-paragraph errors,
+    exit codes), as a CompletedProcess: for tests of what a command says and writes, where no signal or
+    process boundary is under test (those use run_cli). An exception that escapes is a traceback in stderr."""
+    from metaexp.cli import dispatch
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    saved = {k: os.environ.get(k) for k in ("HYDRA_FULL_ERROR", "COLUMNS", *(env or {}))}
+    os.environ.update({"HYDRA_FULL_ERROR": "0", "COLUMNS": "200", **(env or {})})
+    argv, here = sys.argv, os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            dispatch([str(a) for a in args])
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    except BaseException:  # noqa: BLE001 - reported as a subprocess would report it
+        err.write(traceback.format_exc())
+        code = 1
+    finally:
+        os.chdir(here)
+        sys.argv = argv
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 def make_layout(root: Path, drawings=4) -> Path:
     """A tiny official layout: black ink (0) on white (1), 105x105 one-bit PNGs; two characters per alphabet."""
     for archive, alphabets in ALPHABETS.items():
@@ -45,6 +76,24 @@ def make_layout(root: Path, drawings=4) -> Path:
     return root
 
 
+def metrics(run_dir) -> list:
+    """The rows of a run directory's metrics.jsonl."""
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def random_batch(tasks: int, ways: int, queries: int = 2, channels: int = 1, size: int = 28, seed: int = 0):
+    """`tasks` random-image `ways`-way 1-shot tasks with `queries` per class, labels in order."""
+    from metaexp.samplers import TaskBatch
+
+    g = torch.Generator().manual_seed(seed)
+    return TaskBatch(
+        torch.rand(tasks, ways, channels, size, size, generator=g),
+        torch.arange(ways).expand(tasks, ways),
+        torch.rand(tasks, ways * queries, channels, size, size, generator=g),
+        torch.arange(ways).repeat(queries).expand(tasks, ways * queries),
+    )
+
+
 def eval_reports(run_dir) -> dict:
     """The evaluation reports of a run directory, by file name."""
     return {p.name: json.loads(p.read_text()) for p in Path(run_dir).glob("eval-*.json")}
@@ -58,10 +107,12 @@ def only_report(run_dir) -> dict:
 
 @pytest.fixture
 def cli(tmp_path):
-    """`cli(*args)` runs metaexp in a temporary working directory (outputs land under it)."""
+    """`cli(*args)` runs metaexp in process (run_inline) in a temporary working directory (outputs land under
+    it); tests of signals and of the process boundary call run_cli themselves."""
 
     def call(*args, **kwargs):
-        return run_cli(*args, cwd=kwargs.pop("cwd", tmp_path), **kwargs)
+        kwargs.pop("timeout", None)
+        return run_inline(*args, cwd=kwargs.pop("cwd", tmp_path), **kwargs)
 
     return call
 

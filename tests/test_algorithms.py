@@ -18,6 +18,8 @@ from metaexp.backbones.conv4 import Conv4
 from metaexp.objectives import CLASSIFICATION
 from metaexp.samplers import TaskBatch
 
+from conftest import random_batch
+
 l2l = pytest.importorskip("learn2learn", reason="learn2learn is the reference; `make install` installs it")
 WAYS, SHOTS, QUERIES, TASKS, HIDDEN = 5, 1, 3, 3, 8
 
@@ -259,13 +261,7 @@ def test_backbones_build_and_train_under_vmap():
 
     assert Conv4(5, in_channels=3, image_size=84, hidden=32, max_pool=True, embedding="flatten").embedding_size == 800
     assert Conv4(5).embedding_size == 64
-    g = torch.Generator().manual_seed(0)
-    batch = TaskBatch(
-        torch.rand(2, 5, 3, 32, 32, generator=g),
-        torch.arange(5).expand(2, 5),
-        torch.rand(2, 10, 3, 32, 32, generator=g),
-        torch.arange(5).repeat(2).expand(2, 10),
-    )
+    batch = random_batch(2, 5, channels=3, size=32)
     for algorithm in (
         ProtoNet(ResNet12(None, channels=(8, 8, 16, 16)), CLASSIFICATION, ways=5),
         MAML(ResNet12(5, channels=(8, 8, 16, 16)), CLASSIFICATION, inner_lr=0.1),

@@ -38,15 +38,9 @@ def test_adapt_matches_each_algorithms_own_evaluation():
     from metaexp.algorithms.reptile import Reptile
     from metaexp.backbones.conv4 import Conv4
     from metaexp.objectives import CLASSIFICATION
-    from metaexp.samplers import TaskBatch
+    from conftest import random_batch
 
-    g = torch.Generator().manual_seed(0)
-    batch = TaskBatch(
-        torch.rand(2, 3, 1, 28, 28, generator=g),
-        torch.arange(3).expand(2, 3),
-        torch.rand(2, 6, 1, 28, 28, generator=g),
-        torch.arange(3).repeat(2).expand(2, 6),
-    )
+    batch = random_batch(2, 3)
     torch.manual_seed(0)
     for algorithm in (
         ProtoNet(Conv4(None, hidden=8), CLASSIFICATION, ways=3),

@@ -1,6 +1,5 @@
 """The CLI end to end, in subprocesses, on the embedded sinusoid benchmark with tiny budgets."""
 
-import json
 import signal
 import subprocess
 import sys
@@ -10,14 +9,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import OMNIGLOT_LAKE, ROOT, TINY, make_layout, only_report
+from conftest import OMNIGLOT_LAKE, ROOT, TINY, make_layout, metrics, only_report
 
-pytestmark = pytest.mark.slow
-FAST = TINY
 
 
 def rows(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return metrics(run_dir)
 
 
 def stable(metrics):
@@ -44,7 +41,7 @@ def test_help_lists_commands_and_config_groups(cli):
 
 def test_train_writes_run_directory_and_eval_scores_it(cli, tmp_path):
     run = tmp_path / "run"
-    result = cli("train", *FAST, f"hydra.run.dir={run}")
+    result = cli("train", *TINY, f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "train.log").read_text()
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
@@ -73,16 +70,16 @@ def test_train_writes_run_directory_and_eval_scores_it(cli, tmp_path):
 def test_same_seed_same_metrics(cli, tmp_path):
     a, b, c = (tmp_path / n for n in "abc")
     for run, seed in ((a, 0), (b, 0), (c, 1)):
-        assert cli("train", *FAST, f"seed={seed}", f"hydra.run.dir={run}").returncode == 0
+        assert cli("train", *TINY, f"seed={seed}", f"hydra.run.dir={run}").returncode == 0
     assert stable(rows(a)) == stable(rows(b))
     assert stable(rows(a)) != stable(rows(c))
 
 
 def test_resume_ends_with_the_same_parameters(cli, tmp_path):
     straight, first, second = tmp_path / "straight", tmp_path / "first", tmp_path / "second"
-    assert cli("train", *FAST, f"hydra.run.dir={straight}").returncode == 0
-    assert cli("train", *FAST, "trainer.steps=2", f"hydra.run.dir={first}").returncode == 0
-    resumed = cli("train", *FAST, f"trainer.resume={first}", f"hydra.run.dir={second}")
+    assert cli("train", *TINY, f"hydra.run.dir={straight}").returncode == 0
+    assert cli("train", *TINY, "trainer.steps=2", f"hydra.run.dir={first}").returncode == 0
+    resumed = cli("train", *TINY, f"trainer.resume={first}", f"hydra.run.dir={second}")
     assert resumed.returncode == 0, resumed.stderr
     a, b = params(straight / "checkpoints/last.pt"), params(second / "checkpoints/last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -93,6 +90,7 @@ def test_resume_ends_with_the_same_parameters(cli, tmp_path):
     assert train_rows(second) == train_rows(straight)
 
 
+@pytest.mark.slow
 def test_sigint_saves_last_and_auto_resume_finishes_identically(cli, tmp_path):
     straight, run = tmp_path / "straight", tmp_path / "run"
     slow = [
@@ -142,7 +140,7 @@ def test_bad_checkpoints_give_clear_errors(cli, tmp_path):
     assert "Traceback" not in result.stdout + result.stderr
 
     run = tmp_path / "run"
-    assert cli("train", *FAST, f"hydra.run.dir={run}").returncode == 0
+    assert cli("train", *TINY, f"hydra.run.dir={run}").returncode == 0
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     state["config"]["backbone"]["_target_"] = "metaexp.backbones.nowhere.Missing"
     broken = tmp_path / "broken.pt"
@@ -153,13 +151,14 @@ def test_bad_checkpoints_give_clear_errors(cli, tmp_path):
 
 def test_nan_loss_stops_without_touching_good_checkpoints(cli, tmp_path):
     run = tmp_path / "run"
-    assert cli("train", *FAST, f"hydra.run.dir={run}").returncode == 0
+    assert cli("train", *TINY, f"hydra.run.dir={run}").returncode == 0
     before = {n: (run / "checkpoints" / n).read_bytes() for n in ("last.pt", "best.pt")}
-    result = cli("train", *FAST, "trainer.steps=12", "optim.lr=1e30", "trainer.resume=auto", f"hydra.run.dir={run}")
+    result = cli("train", *TINY, "trainer.steps=12", "optim.lr=1e30", "trainer.resume=auto", f"hydra.run.dir={run}")
     assert result.returncode == 2 and "loss became" in result.stdout
     assert before == {n: (run / "checkpoints" / n).read_bytes() for n in ("last.pt", "best.pt")}
 
 
+@pytest.mark.slow
 def test_module_entrypoint_matches_console_script():
     script = ROOT / ".venv" / "bin" / "metaexp"
     if script.exists():
@@ -168,7 +167,7 @@ def test_module_entrypoint_matches_console_script():
 
 
 def test_mismatched_algorithm_backbone_and_tasks_fail_before_training(cli, tmp_path):
-    no_head = cli("train", "algorithm=anil", "backbone.out_features=null", *FAST, f"hydra.run.dir={tmp_path / 'a'}")
+    no_head = cli("train", "algorithm=anil", "backbone.out_features=null", *TINY, f"hydra.run.dir={tmp_path / 'a'}")
     assert no_head.returncode == 2 and "has none" in no_head.stdout
     root = make_layout(tmp_path / "omniglot")
     wrong_ways = cli(
@@ -179,11 +178,11 @@ def test_mismatched_algorithm_backbone_and_tasks_fail_before_training(cli, tmp_p
         "sampler.ways=5",
         "sampler.queries=1",
         "backbone.out_features=3",
-        *FAST,
+        *TINY,
         f"hydra.run.dir={tmp_path / 'b'}",
     )
     assert wrong_ways.returncode == 2 and "head has 3 outputs but the tasks need 5" in wrong_ways.stdout
-    regression = cli("train", "algorithm=protonet", *FAST, f"hydra.run.dir={tmp_path / 'c'}")
+    regression = cli("train", "algorithm=protonet", *TINY, f"hydra.run.dir={tmp_path / 'c'}")
     assert regression.returncode == 2 and "cannot learn mse regression" in regression.stdout
     for name in "abc":
         assert not (tmp_path / name / "checkpoints").exists()

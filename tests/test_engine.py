@@ -11,6 +11,8 @@ from metaexp.backbones.conv4 import Conv4
 from metaexp.backbones.mlp import MLP
 from metaexp.objectives import CLASSIFICATION, REGRESSION
 from metaexp.samplers import RegressionSampler, TaskBatch
+
+from conftest import random_batch
 from metaexp.trpo import TRPO
 
 
@@ -24,6 +26,7 @@ def run_steps(steps=3, **engine):
     return losses, {k: v.detach() for k, v in params.items()}
 
 
+@pytest.mark.slow  # torch.compile compiles
 def test_compiled_step_matches_eager():
     eager_losses, eager = run_steps()
     compiled_losses, compiled = run_steps(compile=True)
@@ -90,13 +93,7 @@ def test_task_chunks_give_the_same_meta_gradient():
     torch.manual_seed(0)
     algorithm = MAML(Conv4(5, hidden=8), CLASSIFICATION, inner_lr=0.4)
     params = {k: v.requires_grad_() for k, v in algorithm.init_params().items()}
-    g = torch.Generator().manual_seed(0)
-    batch = TaskBatch(
-        torch.rand(6, 5, 1, 28, 28, generator=g),
-        torch.arange(5).expand(6, 5),
-        torch.rand(6, 10, 1, 28, 28, generator=g),
-        torch.arange(5).repeat(2).expand(6, 10),
-    )
+    batch = random_batch(6, 5)
     grads = []
     for chunk in (None, 4):
         objective, _, _ = algorithm.meta_loss(params, batch, step=0, chunk=chunk)

@@ -7,9 +7,8 @@ import shutil
 import pytest
 
 
-from conftest import OMNIGLOT_LAKE, TINY, make_layout, run_cli
+from conftest import OMNIGLOT_LAKE, TINY, make_layout, run_inline
 
-pytestmark = pytest.mark.slow
 PROTONET = [
     "algorithm=protonet",
     *OMNIGLOT_LAKE,
@@ -28,7 +27,7 @@ def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("episodes")
     root = make_layout(base / "omniglot")
     run = base / "run"
-    result = run_cli("train", *PROTONET, f"dataset.root={root}", f"hydra.run.dir={run}", cwd=base)
+    result = run_inline("train", *PROTONET, f"dataset.root={root}", f"hydra.run.dir={run}", cwd=base)
     assert result.returncode == 0, result.stdout + result.stderr
     return base, root, run / "checkpoints" / "last.pt"
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from metaexp.algorithms.metanet import MetaNet, preprocess
+from metaexp.algorithms.metanet import MetaNet, gradient_features
 from metaexp.backbones.metanet_conv import MetaNetConv
 from metaexp.errors import MetaexpError
 from metaexp.objectives import CLASSIFICATION
@@ -137,7 +137,7 @@ def test_a_gradient_reaches_every_generator_and_both_networks(seed):
 
 def test_preprocessing_at_known_points():
     g = torch.tensor([0.0, 1.0, -1e-4, 1e-2, -5.0])
-    got = preprocess(g)
+    got = gradient_features(g)
     e7 = math.exp(7)
     expected = [(-1.0, 0.0), (math.log(1 + 2**-23) / 7, 1.0), (-1.0, -1e-4 * e7), (math.log(1e-2 + 2**-23) / 7, 1.0),
                 (math.log(5 + 2**-23) / 7, -1.0)]  # fmt: skip

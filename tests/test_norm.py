@@ -5,7 +5,7 @@ MetaOptNet), under which a query's prediction no longer depends on the other que
 import pytest
 import torch
 
-from conftest import OMNIGLOT_LAKE, TINY, eval_reports, make_layout, run_cli
+from conftest import OMNIGLOT_LAKE, TINY, eval_reports, make_layout, run_inline
 from metaexp.algorithms.protonet import ProtoNet
 from metaexp.backbones import predict
 from metaexp.backbones.conv4 import Conv4
@@ -55,16 +55,16 @@ def test_one_checkpoint_is_evaluated_both_ways_and_both_reports_are_kept(tmp_pat
     run = tmp_path / "run"
     # MetaOptNet: its `meta.scale` is no weight of the backbone the statistics pass through (that crashed once).
     args = [*OMNIGLOT_LAKE, f"dataset.root={root}", "algorithm=metaoptnet", "sampler.ways=2", "sampler.queries=1"]
-    trained = run_cli("train", *TINY, *args, f"hydra.run.dir={run}", cwd=tmp_path)
+    trained = run_inline("train", *TINY, *args, f"hydra.run.dir={run}", cwd=tmp_path)
     assert trained.returncode == 0, trained.stdout + trained.stderr
     for norm in ("episode", "training"):
-        result = run_cli("eval", f"checkpoint={run}", "eval.episodes=10", "trainer.device=cpu", f"test.norm={norm}",
+        result = run_inline("eval", f"checkpoint={run}", "eval.episodes=10", "trainer.device=cpu", f"test.norm={norm}",
                          cwd=tmp_path)  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr
     reports = eval_reports(run)
     assert sorted(r["settings"]["norm"] for r in reports.values()) == ["episode", "training"]
     assert any("trainingnorm" in name for name in reports)
-    bad = run_cli("eval", f"checkpoint={run}", "test.norm=running", cwd=tmp_path)
+    bad = run_inline("eval", f"checkpoint={run}", "test.norm=running", cwd=tmp_path)
     assert bad.returncode == 2 and "test.norm='running' is not valid" in bad.stdout, bad.stdout
-    table = run_cli("summarize", run, "--markdown", cwd=tmp_path).stdout
+    table = run_inline("summarize", run, "--markdown", cwd=tmp_path).stdout
     assert "| 2w1s |" in table and "| 2w1s (episode norm) |" in table  # the run's own protocol is training

@@ -87,6 +87,7 @@ def test_unreadable_image_is_named(tmp_path):
         Omniglot(root, download=False).load()
 
 
+@pytest.mark.slow  # decodes the real archives
 def test_vinyals_split_matches_the_published_class_lists(omniglot_root, tmp_path):
     root = tmp_path / "omniglot"
     root.mkdir()

@@ -15,11 +15,9 @@ import time
 import pytest
 import torch
 
-from conftest import OMNIGLOT_LAKE, TINY, make_layout, run_cli
+from conftest import OMNIGLOT_LAKE, TINY, make_layout, metrics, run_cli, run_inline
 
-pytestmark = pytest.mark.slow
 
-QUICK = TINY
 # Long enough (a few seconds) that signals and kills land mid-training; frequent saves make mid-save kills likely.
 LONG = [
     "trainer.steps=2500",
@@ -52,7 +50,7 @@ def wait_for_rows(run, count=1, timeout=120):
 
 
 def rows(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return metrics(run)
 
 
 def weights(path):
@@ -85,6 +83,7 @@ def refused_at_once(result):
     return one_paragraph(result) and (result.stdout + result.stderr).strip().startswith("error:")
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_matches_a_straight_run(tmp_path):
     straight, run = tmp_path / "straight", tmp_path / "run"
     assert run_cli("train", *LONG, f"hydra.run.dir={straight}", cwd=tmp_path).returncode == 0
@@ -110,6 +109,7 @@ def test_kill_9_at_random_moments_then_resume_matches_a_straight_run(tmp_path):
     assert not list((run / "checkpoints").glob("*.tmp")), "no stale temporary files"
 
 
+@pytest.mark.slow
 def test_second_process_on_one_run_directory_is_refused_and_the_first_is_unharmed(tmp_path):
     straight, run = tmp_path / "straight", tmp_path / "run"
     assert run_cli("train", *LONG, f"hydra.run.dir={straight}", cwd=tmp_path).returncode == 0
@@ -133,9 +133,9 @@ def test_second_process_on_one_run_directory_is_refused_and_the_first_is_unharme
 
 def test_fresh_run_into_a_used_directory_is_refused_and_nothing_changes(tmp_path):
     run = tmp_path / "run"
-    assert run_cli("train", *QUICK, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    assert run_inline("train", *TINY, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
     before = snapshot(run)
-    again = run_cli("train", *QUICK, "seed=3", f"hydra.run.dir={run}", cwd=tmp_path)
+    again = run_inline("train", *TINY, "seed=3", f"hydra.run.dir={run}", cwd=tmp_path)
     assert again.returncode == 2 and "already holds a run" in again.stdout and "trainer.resume=auto" in again.stdout
     assert refused_at_once(again) and snapshot(run) == before
 
@@ -143,14 +143,14 @@ def test_fresh_run_into_a_used_directory_is_refused_and_nothing_changes(tmp_path
 def test_resume_with_a_changed_learning_rate_takes_it(tmp_path):
     run = tmp_path / "run"
     assert (
-        run_cli(
-            "train", *QUICK, "scheduler=step", "scheduler.step_size=2", f"hydra.run.dir={run}", cwd=tmp_path
+        run_inline(
+            "train", *TINY, "scheduler=step", "scheduler.step_size=2", f"hydra.run.dir={run}", cwd=tmp_path
         ).returncode
         == 0
     )
-    resumed = run_cli(
+    resumed = run_inline(
         "train",
-        *QUICK,
+        *TINY,
         "scheduler=step",
         "scheduler.step_size=2",
         "trainer.steps=10",
@@ -170,14 +170,14 @@ def test_resume_with_a_changed_learning_rate_takes_it(tmp_path):
 
 def test_resume_with_a_changed_backbone_or_seed_is_refused_before_anything_is_written(tmp_path):
     run = tmp_path / "run"
-    assert run_cli("train", *QUICK, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    assert run_inline("train", *TINY, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
     before = snapshot(run)
     for change, named in (
         ("backbone.hidden=[20,20]", "backbone.hidden: [40, 40] -> [20, 20]"),
         ("seed=7", "seed: 0 -> 7"),
         ("algorithm=metasgd", "algorithm._target_"),
     ):
-        result = run_cli("train", *QUICK, change, "trainer.resume=auto", f"hydra.run.dir={run}", cwd=tmp_path)
+        result = run_inline("train", *TINY, change, "trainer.resume=auto", f"hydra.run.dir={run}", cwd=tmp_path)
         assert result.returncode == 2 and "Cannot resume" in result.stdout and named in result.stdout, result.stdout
         assert refused_at_once(result)
         assert snapshot(run) == before
@@ -185,7 +185,7 @@ def test_resume_with_a_changed_backbone_or_seed_is_refused_before_anything_is_wr
 
 def test_a_non_finite_validation_value_is_never_saved_as_best(tmp_path):
     run = tmp_path / "run"
-    result = run_cli("train", *QUICK, "optim.lr=1e6", "trainer.val_every=1", f"hydra.run.dir={run}", cwd=tmp_path)
+    result = run_inline("train", *TINY, "optim.lr=1e6", "trainer.val_every=1", f"hydra.run.dir={run}", cwd=tmp_path)
     assert result.returncode == 2 and "diverged" in result.stdout, result.stdout
     assert "became 0.0" not in result.stdout
     for path in (run / "checkpoints").glob("*.pt"):
@@ -197,16 +197,19 @@ def test_a_non_finite_validation_value_is_never_saved_as_best(tmp_path):
 
 def test_divergence_before_any_checkpoint_does_not_promise_one(tmp_path):
     run = tmp_path / "run"
-    result = run_cli("train", *QUICK, "optim.lr=1e30", "trainer.val_every=1000", f"hydra.run.dir={run}", cwd=tmp_path)
+    result = run_inline(
+        "train", *TINY, "optim.lr=1e30", "trainer.val_every=1000", f"hydra.run.dir={run}", cwd=tmp_path
+    )
     assert result.returncode == 2 and "No checkpoint was written" in result.stdout, result.stdout
     assert not (run / "checkpoints").exists() and one_paragraph(result)
-    again = run_cli("train", *QUICK, "trainer.resume=auto", f"hydra.run.dir={run}", cwd=tmp_path)
+    again = run_inline("train", *TINY, "trainer.resume=auto", f"hydra.run.dir={run}", cwd=tmp_path)
     assert again.returncode == 0, again.stdout[-2000:]
     steps = [(r["step"], r["split"]) for r in rows(run)]
     # 4 train rows and 2 val rows of the new start; those of the failed start are gone.
     assert steps == [(1, "train"), (2, "train"), (2, "val"), (3, "train"), (4, "train"), (4, "val")]
 
 
+@pytest.mark.slow
 def test_one_sigint_stops_a_sweep_and_its_resume_command_finishes_it_cleanly(tmp_path):
     proc = start("train", "-m", "seed=0,1,2", *LONG, cwd=tmp_path)
     deadline = time.time() + 120
@@ -231,15 +234,15 @@ def test_one_sigint_stops_a_sweep_and_its_resume_command_finishes_it_cleanly(tmp
 
 
 def test_a_finished_resume_clears_an_old_failure_record(tmp_path):
-    failed = run_cli("train", "-m", "optim.lr=0.001,1e30", *QUICK, "trainer.val_every=1000", cwd=tmp_path)
+    failed = run_inline("train", "-m", "optim.lr=0.001,1e30", *TINY, "trainer.val_every=1000", cwd=tmp_path)
     assert failed.returncode == 1 and "1 job(s) of the sweep failed" in failed.stdout
     sweep = next((tmp_path / "outputs" / "multirun").glob("*/*"))
     assert (sweep / "1" / "error.txt").is_file()
-    fixed = run_cli(
+    fixed = run_inline(
         "train",
         "-m",
         "optim.lr=0.001,0.002",
-        *QUICK,
+        *TINY,
         "trainer.val_every=1000",
         "trainer.resume=auto",
         f"hydra.sweep.dir={sweep}",
@@ -249,6 +252,7 @@ def test_a_finished_resume_clears_an_old_failure_record(tmp_path):
     assert not list(sweep.glob("*/error.txt"))
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_still_saves_the_step_and_start_up_ctrl_c_is_quiet(tmp_path):
     run = tmp_path / "run"
     proc = start("train", *LONG, f"hydra.run.dir={run}", cwd=tmp_path)
@@ -260,17 +264,18 @@ def test_second_ctrl_c_still_saves_the_step_and_start_up_ctrl_c_is_quiet(tmp_pat
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
     assert f"at step {saved}" in output and 0 < saved < 2500
 
-    early = start("train", *QUICK, f"hydra.run.dir={tmp_path / 'early'}", cwd=tmp_path)
+    early = start("train", *TINY, f"hydra.run.dir={tmp_path / 'early'}", cwd=tmp_path)
     time.sleep(1.0)  # inside the imports
     early.send_signal(signal.SIGINT)
     output, _ = early.communicate(timeout=60)
     assert early.returncode == 130 and "Traceback" not in output and "interrupted" in output.lower(), output
 
 
+@pytest.mark.slow
 def test_a_full_disk_leaves_the_checkpoints_intact_and_says_so(tmp_path):
     run = tmp_path / "run"
     wide = ["backbone.hidden=[300,300]"]
-    assert run_cli("train", *QUICK, *wide, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    assert run_cli("train", *TINY, *wide, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
     before = {n: (run / "checkpoints" / n).read_bytes() for n in ("last.pt", "best.pt")}
 
     def small_files():  # writes past 200 kB fail with EFBIG, as a full disk fails them with ENOSPC
@@ -282,7 +287,7 @@ def test_a_full_disk_leaves_the_checkpoints_intact_and_says_so(tmp_path):
             "-m",
             "metaexp",
             "train",
-            *QUICK,
+            *TINY,
             *wide,
             "trainer.steps=12",
             "trainer.resume=auto",
@@ -307,7 +312,7 @@ def used(tmp_path_factory):
     """A finished run directory, a checkpoint, an Omniglot-layout root and an image folder for bad-value cases."""
     base = tmp_path_factory.mktemp("bad_values")
     run = base / "run"
-    assert run_cli("train", *QUICK, f"hydra.run.dir={run}", cwd=base).returncode == 0
+    assert run_inline("train", *TINY, f"hydra.run.dir={run}", cwd=base).returncode == 0
     folder = base / "folder"
     for c in range(3):
         (folder / f"class{c}").mkdir(parents=True)
@@ -319,8 +324,8 @@ def used(tmp_path_factory):
     (base / "afile").write_text("")
     omniglot = make_layout(base / "omniglot")
     navigation, metanet = base / "navigation", base / "metanet"
-    assert run_cli("train", *NAVIGATION, "trainer.steps=2", f"hydra.run.dir={navigation}", cwd=base).returncode == 0
-    trained = run_cli("train", *METANET, f"dataset.root={omniglot}", "trainer.steps=2", f"hydra.run.dir={metanet}",
+    assert run_inline("train", *NAVIGATION, "trainer.steps=2", f"hydra.run.dir={navigation}", cwd=base).returncode == 0
+    trained = run_inline("train", *METANET, f"dataset.root={omniglot}", "trainer.steps=2", f"hydra.run.dir={metanet}",
                       cwd=base)  # fmt: skip
     assert trained.returncode == 0, trained.stdout + trained.stderr
     return {"base": base, "run": run, "omniglot": omniglot, "folder": folder, "nav": navigation, "metanet": metanet}
@@ -405,8 +410,8 @@ def fill(args, used):
 @pytest.mark.parametrize("args, expected", TRAIN_CASES, ids=[" ".join(a[-1:]) for a, _ in TRAIN_CASES])
 def test_bad_training_value_is_one_paragraph_and_changes_nothing(used, args, expected):
     before = snapshot(used["run"])
-    result = run_cli(
-        "train", *QUICK, *fill(args, used), "trainer.resume=auto", f"hydra.run.dir={used['run']}", cwd=used["base"]
+    result = run_inline(
+        "train", *TINY, *fill(args, used), "trainer.resume=auto", f"hydra.run.dir={used['run']}", cwd=used["base"]
     )
     assert result.returncode == 2 and fill([expected], used)[0] in result.stdout, result.stdout + result.stderr
     assert one_paragraph(result), result.stdout + result.stderr  # after a data set's loading line, if any
@@ -416,33 +421,35 @@ def test_bad_training_value_is_one_paragraph_and_changes_nothing(used, args, exp
 @pytest.mark.parametrize("args, expected", EVAL_CASES, ids=[" ".join(a[-1:]) or "no checkpoint" for a, _ in EVAL_CASES])
 def test_bad_evaluation_value_is_one_paragraph_and_changes_nothing(used, args, expected):
     before = snapshot(used["run"])
-    result = run_cli("eval", *fill(args, used), cwd=used["base"])
+    result = run_inline("eval", *fill(args, used), cwd=used["base"])
     assert result.returncode == 2 and expected in result.stdout, result.stdout + result.stderr
     assert refused_at_once(result), result.stdout + result.stderr
     assert snapshot(used["run"]) == before
 
 
 def test_unwritable_output_location_is_one_paragraph(used):
-    for command in (["train", *QUICK], ["train", "-m", "seed=0,1", *QUICK]):
-        result = run_cli(*command, f"paths.output_dir={used['base'] / 'afile' / 'outputs'}", cwd=used["base"])
+    for command in (["train", *TINY], ["train", "-m", "seed=0,1", *TINY]):
+        result = run_inline(*command, f"paths.output_dir={used['base'] / 'afile' / 'outputs'}", cwd=used["base"])
         assert result.returncode == 2 and "afile is a file, not a folder" in result.stdout, result.stdout
         assert one_paragraph(result)
 
 
 def test_eval_follows_moved_data_with_dataset_root(used, tmp_path):
     run = used["base"] / "omniglot_run"
-    args = ["algorithm=protonet", *OMNIGLOT_1Q, "sampler.ways=3", "test.sampler.queries=1", "backbone.hidden=8", *QUICK]
+    args = ["algorithm=protonet", *OMNIGLOT_1Q, "sampler.ways=3", "test.sampler.queries=1", "backbone.hidden=8", *TINY]
     assert (
-        run_cli("train", *args, f"dataset.root={used['omniglot']}", f"hydra.run.dir={run}", cwd=used["base"]).returncode
+        run_inline(
+            "train", *args, f"dataset.root={used['omniglot']}", f"hydra.run.dir={run}", cwd=used["base"]
+        ).returncode
         == 0
     )
     moved = tmp_path / "moved"
     used["omniglot"].rename(moved)
     try:
-        lost = run_cli("eval", f"checkpoint={run}", "eval.episodes=4", "trainer.device=cpu", cwd=used["base"])
+        lost = run_inline("eval", f"checkpoint={run}", "eval.episodes=4", "trainer.device=cpu", cwd=used["base"])
         assert lost.returncode == 2 and "dataset.root" in lost.stdout and one_paragraph(lost)
         assert not used["omniglot"].exists(), "a failed look-up creates no folders under the old path"
-        found = run_cli(
+        found = run_inline(
             "eval",
             f"checkpoint={run}",
             "eval.episodes=4",
@@ -457,14 +464,14 @@ def test_eval_follows_moved_data_with_dataset_root(used, tmp_path):
 
 def test_evaluations_in_different_settings_are_all_kept(used):
     run = used["base"] / "kept"
-    assert run_cli("train", *QUICK, f"hydra.run.dir={run}", cwd=used["base"]).returncode == 0
+    assert run_inline("train", *TINY, f"hydra.run.dir={run}", cwd=used["base"]).returncode == 0
     for extra in (["sampler.shots=5"], ["sampler.shots=10"], ["sampler.shots=5", "test.inner_steps=3"]):
-        result = run_cli(
+        result = run_inline(
             "eval", f"checkpoint={run}", "eval.episodes=20", "trainer.device=cpu", *extra, cwd=used["base"]
         )
         assert result.returncode == 0, result.stdout[-2000:]
     best = run / "checkpoints" / "best.pt"
-    result = run_cli("eval", f"checkpoint={best}", "eval.episodes=20", "trainer.device=cpu", cwd=used["base"])
+    result = run_inline("eval", f"checkpoint={best}", "eval.episodes=20", "trainer.device=cpu", cwd=used["base"])
     assert result.returncode == 0, result.stdout[-2000:]
     names = sorted(p.name for p in run.glob("eval-*.json"))
     assert names == [
@@ -478,11 +485,11 @@ def test_evaluations_in_different_settings_are_all_kept(used):
 def test_a_policy_tested_under_another_protocol_never_replaces_the_standard_report(used):
     run = used["nav"]
     evaluate = ["eval", f"checkpoint={run}", "eval.episodes=4", "trainer.device=cpu"]
-    assert run_cli(*evaluate, cwd=used["base"]).returncode == 0
+    assert run_inline(*evaluate, cwd=used["base"]).returncode == 0
     (standard,) = run.glob("eval-*.json")
     before = standard.read_bytes()
     for variant in (["+sampler.gamma=0.5"], ["sampler.later_rate=0.1"], ["sampler.curve_steps=4"]):
-        result = run_cli(*evaluate, *variant, cwd=used["base"])
+        result = run_inline(*evaluate, *variant, cwd=used["base"])
         assert result.returncode == 0, result.stdout[-2000:]
     assert standard.read_bytes() == before
     names = sorted(p.name for p in run.glob("eval-*.json"))
@@ -492,7 +499,7 @@ def test_a_policy_tested_under_another_protocol_never_replaces_the_standard_repo
         "eval-test-40traj-gamma0.5-1steps-4ep.json",
         "eval-test-40traj-later_rate0.1-1steps-4ep.json",
     ], names
-    table = run_cli("summarize", run, "--csv", cwd=used["base"])
+    table = run_inline("summarize", run, "--csv", cwd=used["base"])
     assert "return_1steps (40traj-gamma0.5)" in table.stdout and "return_1steps," in table.stdout, table.stdout
     for path in run.glob("eval-*.json"):
         if path != standard:
@@ -521,7 +528,7 @@ def test_summarize_lists_malformed_runs_and_summarises_the_rest(used, tmp_path):
     for name, damage in broken.items():
         shutil.copytree(used["run"], tmp_path / name)
         damage(tmp_path / name)
-    result = run_cli("summarize", str(tmp_path), "--csv", cwd=tmp_path)
+    result = run_inline("summarize", str(tmp_path), "--csv", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(result.stdout.strip().splitlines()) == 2, "a header and the one good run"
     for name in broken:
@@ -531,13 +538,13 @@ def test_summarize_lists_malformed_runs_and_summarises_the_rest(used, tmp_path):
 def test_a_time_limit_stops_cleanly_and_resume_finishes_the_run(tmp_path):
     run = tmp_path / "limited"
     args = ["train", "trainer.val_every=100000", "trainer.device=cpu", f"hydra.run.dir={run}"]
-    limited = run_cli(*args, "trainer.steps=100000", "trainer.minutes=0.05", cwd=tmp_path)
+    limited = run_inline(*args, "trainer.steps=100000", "trainer.minutes=0.05", cwd=tmp_path)
     assert limited.returncode == 0, limited.stdout + limited.stderr
     stopped = torch.load(run / "checkpoints/last.pt", weights_only=False)["step"]
     assert 0 < stopped < 100000
     assert "trainer.minutes=0.05 reached at step" in " ".join(limited.stdout.split())
     assert [r["step"] for r in rows(run) if r["split"] == "val"] == [stopped]
-    finished = run_cli(*args, f"trainer.steps={stopped + 3}", "trainer.resume=auto", cwd=tmp_path)
+    finished = run_inline(*args, f"trainer.steps={stopped + 3}", "trainer.resume=auto", cwd=tmp_path)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert torch.load(run / "checkpoints/last.pt", weights_only=False)["step"] == stopped + 3
 
@@ -615,6 +622,7 @@ def wait_until_gone(run, timeout=60):
     ],
     ids=["training fails", "nan minutes"],
 )
+@pytest.mark.slow
 def test_a_failed_reproduce_exits_non_zero_naming_the_preset_and_keeps_every_record(recorded, extra, words):
     base, before, unchanged = recorded
     result = run_cli(*reproduce(base), *extra, cwd=base)
@@ -623,6 +631,7 @@ def test_a_failed_reproduce_exits_non_zero_naming_the_preset_and_keeps_every_rec
     assert unchanged() == before
 
 
+@pytest.mark.slow
 def test_a_shorter_schedule_never_replaces_a_longer_record(recorded):
     base, before, unchanged = recorded
     result = run_cli(*reproduce(base, runs="short", settings=("debug=fast", "trainer.steps=2")), cwd=base)
@@ -630,6 +639,7 @@ def test_a_shorter_schedule_never_replaces_a_longer_record(recorded):
     assert unchanged() == before
 
 
+@pytest.mark.slow
 def test_a_concurrent_reproduce_is_refused_and_kill_9_of_the_first_stops_its_child(recorded):
     base, before, unchanged = recorded
     first = start(*reproduce(base, runs="long", settings=LONG_RUN), cwd=base)
@@ -648,6 +658,7 @@ def test_a_concurrent_reproduce_is_refused_and_kill_9_of_the_first_stops_its_chi
     assert unchanged() == before
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_training_child_is_a_failed_preset(recorded):
     base, before, unchanged = recorded
     first = start(*reproduce(base, runs="long", settings=LONG_RUN), cwd=base)
@@ -659,6 +670,7 @@ def test_kill_9_of_the_training_child_is_a_failed_preset(recorded):
     assert unchanged() == before
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_the_page_write_leaves_page_and_curves_whole(recorded):
     base, before, unchanged = recorded
 

@@ -3,19 +3,22 @@ without checkpoints, and the results table regenerated between its markers, the 
 
 import json
 
-from conftest import run_cli
+import pytest
+
+from conftest import run_inline
 
 PRESETS = ["maml_sinusoid_5shot", "metasgd_sinusoid_5shot"]
 
 
 def reproduce(tmp_path, *extra):
-    return run_cli(
+    return run_inline(
         "reproduce", *PRESETS, "--device", "cpu", "--runs", tmp_path / "runs", "--records", tmp_path / "records",
         "--page", tmp_path / "results.md", "--set", "debug=fast", "trainer.meta_batch=5",
         "--eval-set", "eval.episodes=20", *extra, cwd=tmp_path,
     )  # fmt: skip
 
 
+@pytest.mark.slow  # reproduce trains and evaluates each preset in a subprocess of its own
 def test_reproduce_trains_evaluates_records_and_regenerates_the_table(tmp_path):
     (tmp_path / "results.md").write_text("# Results\n\nProse above the table.\n")
     first = reproduce(tmp_path, "--minutes", "10")
@@ -58,7 +61,7 @@ def test_a_spent_budget_trains_nothing_and_changes_nothing(tmp_path):
 
 
 def test_an_unknown_preset_is_one_paragraph(tmp_path):
-    result = run_cli("reproduce", "maml_nowhere", cwd=tmp_path)
+    result = run_inline("reproduce", "maml_nowhere", cwd=tmp_path)
     assert result.returncode == 2 and "No preset named maml_nowhere" in result.stdout, result.stdout + result.stderr
 
 
@@ -130,7 +133,7 @@ def test_records_are_read_never_run_and_the_page_is_written_outside_a_checkout(t
         f"    _args_: [{{_target_: pathlib.Path, _args_: [{target}]}}, x]\n"
     )
     (record / ".hydra" / "config.yaml").write_text(config.replace("dataset:\n", "dataset:\n" + crafted, 1))
-    result = run_cli("reproduce", "--table-only", "--records", tmp_path / "records", cwd=tmp_path)
+    result = run_inline("reproduce", "--table-only", "--records", tmp_path / "records", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "maml_sinusoid_5shot" in (tmp_path / "docs" / "results.md").read_text()
     assert (tmp_path / "docs" / "results_curves.png").stat().st_size > 0

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import only_report, run_cli
+from conftest import metrics, only_report, run_inline
 from metaexp.algorithms.maml import MAML
 from metaexp.algorithms.metasgd import MetaSGD
 from metaexp.backbones import predict
@@ -231,16 +231,16 @@ def test_trpo_step_keeps_the_kl_bound_and_improves_the_surrogate(seed):
 
 
 def test_interrupted_and_resumed_run_ends_with_the_straight_runs_weights(tmp_path):
-    straight = run_cli("train", *SMALL, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    straight = run_inline("train", *SMALL, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
     assert straight.returncode == 0, straight.stdout + straight.stderr
-    first = run_cli("train", *SMALL, "trainer.steps=2", f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
+    first = run_inline("train", *SMALL, "trainer.steps=2", f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
-    second = run_cli("train", *SMALL, "trainer.resume=auto", f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
+    second = run_inline("train", *SMALL, "trainer.resume=auto", f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=False)["params"]
     b = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=False)["params"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    rows = [json.loads(line) for line in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
+    rows = metrics(tmp_path / "resumed")
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]
     assert all(math.isfinite(r["return"]) for r in rows)
     train = [r for r in rows if r["split"] == "train"]
@@ -252,7 +252,7 @@ def test_interrupted_and_resumed_run_ends_with_the_straight_runs_weights(tmp_pat
     assert [r["steps"] for r in report["by_inner_step"]] == [0, 1, 2, 3]
     assert report["mean"] == report["by_inner_step"][1]["mean"]
     assert all(r["mean"] < 0 and r["ci95"] >= 0 for r in report["by_inner_step"])
-    table = run_cli("summarize", tmp_path / "resumed", "--markdown", cwd=tmp_path)
+    table = run_inline("summarize", tmp_path / "resumed", "--markdown", cwd=tmp_path)
     assert table.returncode == 0, table.stdout + table.stderr
     for point in report["by_inner_step"]:
         assert f"| return_{point['steps']}steps (2traj) | {point['mean']:.4f}" in table.stdout  # not the 40 of its test
@@ -272,13 +272,13 @@ def test_interrupted_and_resumed_run_ends_with_the_straight_runs_weights(tmp_pat
     report = json.loads((tmp_path / "resumed/eval-test-40envsteps-later_rate0.25-1steps-4ep-older.json").read_text())
     assert report["settings"]["sampler"]["budget"] == 40 and report["settings"]["sampler"]["later_rate"] == 0.25
     assert all(r["mean"] < 0 for r in report["by_inner_step"])
-    table = run_cli("summarize", tmp_path / "resumed", "--markdown", cwd=tmp_path).stdout
+    table = run_inline("summarize", tmp_path / "resumed", "--markdown", cwd=tmp_path).stdout
     assert f"| return_2steps (40envsteps-later_rate0.25) | {report['by_inner_step'][2]['mean']:.4f}" in table
 
 
 def evaluate(checkpoint, *settings, cwd) -> None:
     """`metaexp eval` of `checkpoint` on the CPU, run from `cwd`; it must succeed."""
-    result = run_cli("eval", f"checkpoint={checkpoint}", "trainer.device=cpu", *settings, cwd=cwd)
+    result = run_inline("eval", f"checkpoint={checkpoint}", "trainer.device=cpu", *settings, cwd=cwd)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -295,7 +295,7 @@ def evaluate(checkpoint, *settings, cwd) -> None:
     ],
 )
 def test_mismatched_components_are_refused_in_one_paragraph(tmp_path, args, expected):
-    result = run_cli("train", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    result = run_inline("train", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert expected in " ".join(result.stdout.split()), result.stdout
     assert "Traceback" not in result.stdout + result.stderr

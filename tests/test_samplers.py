@@ -115,6 +115,7 @@ def test_a_setting_name_and_its_eval_overrides_invert_each_other():
     assert RolloutSampler.test_overrides("return_2steps") == [] and RolloutSampler.test_overrides("20traj") is None
     assert RolloutSampler.label({"trajectories": 40, "budget": None}) == "40traj"
     assert RolloutSampler.label({"trajectories": 40, "budget": 4000}) == "4000envsteps"
+    assert RolloutSampler.report_label({"trajectories": 40, "budget": 4000}) == "4000envsteps"
     # A test that departs from the run's own in a setting the name does not spell says so.
     from metaexp.samplers import departures
 

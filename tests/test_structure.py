@@ -10,7 +10,7 @@ LONGEST = 60  # lines of a function, its docstring included
 # Lowest first. A module imports from its own layer or lower ones only; within a layer, without a circle.
 LAYERS = [
     ["version", "errors", "logs", "objectives", "configs", "threads"],
-    ["files", "settings", "distributed", "trust", "rundir", "episodes", "machine", "records"],
+    ["files", "schema", "distributed", "trust", "rundir", "episodes", "machine", "records"],
     ["checkpoint", "backbones", "datasets", "presets", "plots"],
     ["samplers"],
     ["rollouts", "algorithms", "trpo"],

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from conftest import TINY
+from conftest import TINY, metrics
 
 pytestmark = pytest.mark.slow
 
@@ -55,14 +55,7 @@ def test_optuna_sweeper_minimises_the_returned_validation_metric(cli, tmp_path):
     runs = sweep_dir(tmp_path)
     best = yaml.safe_load((runs / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"algorithm.inner_lr", "optim.lr"}
-    best_vals = [
-        min(
-            json.loads(line)["mse"]
-            for line in (runs / job / "metrics.jsonl").read_text().splitlines()
-            if json.loads(line)["split"] == "val"
-        )
-        for job in ("0", "1", "2")
-    ]
+    best_vals = [min(row["mse"] for row in metrics(runs / job) if row["split"] == "val") for job in ("0", "1", "2")]
     assert best["best_value"] == pytest.approx(min(best_vals))
 
 
@@ -123,7 +116,7 @@ def test_mlflow_logger_records_the_metrics(cli, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     logged = mlflow.search_runs(experiment_names=["metaexp"])
-    last_val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    last_val = metrics(run)[-1]
     assert last_val["split"] == "val" and len(logged) == 1
     assert logged["metrics.val_mse"][0] == pytest.approx(last_val["mse"])
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import metaexp
+from conftest import metrics
 from metaexp import summarize
 from metaexp.evaluate import evaluate_checkpoint
 from metaexp.objectives import Objective
@@ -63,7 +64,7 @@ def test_a_task_family_from_outside_trains_evaluates_and_is_summarized(tmp_path,
     metaexp.train(cfg, run)
     assert "training MAML on Lines: lines through the origin, 4 points each" in (run / "train.log").read_text()
     assert json.loads((run / "task.json").read_text())["setting"] == "4pts"
-    assert all("hits" in row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()))
+    assert all("hits" in row for row in metrics(run))
 
     trust = f"trust=[{__name__}.]"  # a class of this module, not metaexp's: named as trusted
     for overrides in ([], ["+sampler.points=8"]):  # `+`: conf/eval.yaml lists only metaexp's own families' keys

@@ -75,8 +75,10 @@ def test_a_second_run_makes_the_first_step_down_at_its_next_rebalance(tmp_path, 
 def test_a_fixed_count_is_taken_as_given(tmp_path):
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)
         with Threads(3, 1_000, torch.device("cpu"), folder=tmp_path) as threads:
             assert torch.get_num_threads() == 3 and threads.describe() == "3 (trainer.threads=3)"
         assert not list(tmp_path.glob("*.lock")), "a fixed count registers nothing"
+        assert torch.get_num_threads() == 2, "the caller's threads are given back when the run ends"
     finally:
         torch.set_num_threads(before)

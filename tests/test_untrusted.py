@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import metaexp
-from conftest import TINY, run_cli
+from conftest import TINY, run_inline
 from metaexp.algorithms.maml import MAML
 from metaexp.errors import MetaexpError
 from metaexp.evaluate import evaluate_checkpoint
@@ -67,7 +67,7 @@ def test_a_crafted_checkpoint_config_runs_nothing_in_eval_or_load_run(trained, t
 
 def test_the_cli_refuses_a_crafted_checkpoint_in_one_paragraph(trained, tmp_path):
     checkpoint, target = crafted(trained, tmp_path, lambda config, path: config.update(dataset=write_text(path)))
-    result = run_cli("eval", f"checkpoint={checkpoint}", "trainer.device=cpu", cwd=tmp_path)
+    result = run_inline("eval", f"checkpoint={checkpoint}", "trainer.device=cpu", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
     assert "dataset._target_='pathlib.Path.write_text'" in " ".join(result.stdout.split())
     assert not target.exists()

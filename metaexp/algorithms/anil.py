@@ -7,7 +7,7 @@ from metaexp.backbones import embed, head
 class ANIL(MAML):
     adapts_policies = False  # its inner loop runs on embeddings, which a rollout never hands it
 
-    def adapted(self, params: dict) -> dict:
+    def inner_params(self, params: dict) -> dict:
         return {k: v for k, v in params.items() if k.startswith("head.")}
 
     def task_loss(self, params, support_x, support_y, query_x, query_y, step):

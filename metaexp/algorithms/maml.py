@@ -42,12 +42,12 @@ class MAML(Algorithm):
             params.update(
                 {
                     f"meta.lr.{k}": torch.full((self.inner_steps,), self.inner_lr, dtype=v.dtype)
-                    for k, v in self.adapted(params).items()
+                    for k, v in self.inner_params(params).items()
                 }
             )
         return params
 
-    def adapted(self, params: dict) -> dict:
+    def inner_params(self, params: dict) -> dict:
         """The parameters the inner loop changes."""
         return self.model_params(params)
 
@@ -69,11 +69,11 @@ class MAML(Algorithm):
         def rate(name, i):
             return scale * self.inner_rate(params, name, i)
 
-        return sgd(support_loss, self.adapted(params), rate, steps, first_order)
+        return sgd(support_loss, self.inner_params(params), rate, steps, first_order)
 
     def adapted_weights(self, params: dict, support_x, support_y, steps: int, scale=1.0) -> dict:
         """Every model weight after `steps` inner steps (for a rollout sampler: the adapted policy)."""
-        fast = self.adapted(params)
+        fast = self.inner_params(params)
         for fast in self.inner_loop(params, support_x, support_y, steps, scale=scale):
             pass
         return {**self.model_params(params), **fast}
@@ -89,7 +89,7 @@ class MAML(Algorithm):
         first_order = self.first_order or (step is not None and step < self.first_order_until)
         steps = self.inner_steps if step is not None else self.eval_inner_steps
         weights = self.step_weights(step, steps)
-        fast, outer_loss = self.adapted(params), 0.0
+        fast, outer_loss = self.inner_params(params), 0.0
         for i, fast in enumerate(self.inner_loop(params, support_x, support_y, steps, first_order)):
             if i < steps - 1 and weights[i]:
                 outer_loss = outer_loss + weights[i] * self.objective.loss(self.forward(fast, query_x), query_y)

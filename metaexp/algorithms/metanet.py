@@ -2,7 +2,7 @@
 and an embedding network u (slow weights Q) of the same shape, each layer augmented with fast weights,
 `relu(W h) + relu(W* h)` (the head sums its two linear outputs).
 
-- Meta information is a loss gradient, one scalar per weight, preprocessed into two features (`preprocess`);
+- Meta information is a loss gradient, one scalar per weight, preprocessed into two features (`gradient_features`);
   it is a constant for the outer update (no second-order term).
 - Task-level fast weights Q*: u's own cross-entropy on the support set, in `chunks` chunks, its gradient w.r.t. Q
   fed coordinate-wise through an LSTM(2->20) + Linear(20->1) over the chunks; the last output is Q*.
@@ -24,13 +24,13 @@ from torch.func import functional_call, grad, vmap
 from metaexp.algorithms.base import Algorithm
 from metaexp.backbones import with_prefix
 from metaexp.errors import MetaexpError
-from metaexp.settings import at_least
+from metaexp.schema import at_least
 
 HIDDEN = 20
 KINDS = ("conv", "fc")
 
 
-def preprocess(g: torch.Tensor) -> torch.Tensor:
+def gradient_features(g: torch.Tensor) -> torch.Tensor:
     """`[..., 2]` features of gradient values: (max(log(|g| + eps) / 7, -1), clamp(g * e^7, -1, 1)), eps the float32
     machine epsilon (Andrychowicz et al. 2016's preprocessing with p = 7, as MetaNet uses it)."""
     eps = torch.finfo(torch.float32).eps
@@ -82,7 +82,7 @@ class MetaNet(Algorithm):
                 module.reset_parameters()
         params = {f"base.{k}": p.detach().clone() for k, p in self.model.named_parameters()}
         params.update({f"embed.{k}": p.detach().clone() for k, p in twin.named_parameters()})
-        zero = preprocess(torch.zeros(1))  # the features of a zero gradient, [1, 2]
+        zero = gradient_features(torch.zeros(1))  # the features of a zero gradient, [1, 2]
         for name in KINDS:
             lstm, out = torch.nn.LSTMCell(2, HIDDEN), torch.nn.Linear(HIDDEN, 1)
             params.update(
@@ -154,7 +154,7 @@ class MetaNet(Algorithm):
 
         grads = vmap(grad(chunk_loss), in_dims=(None, 0, 0))(constant, xs, ys)
         return {
-            k: self.lstm(params, kind(k), preprocess(g.flatten(1))).view_as(embed[k])
+            k: self.lstm(params, kind(k), gradient_features(g.flatten(1))).view_as(embed[k])
             for k, g in grads.items()
             if k in self.augmented
         }
@@ -167,7 +167,7 @@ class MetaNet(Algorithm):
             return self.objective.loss(self.forward(weights, None, x[None]), y[None])
 
         grads = vmap(grad(example_loss), in_dims=(None, 0, 0))(constant, support_x, support_y)
-        return {k: self.mlp(params, kind(k), preprocess(g)) for k, g in grads.items() if k in self.augmented}
+        return {k: self.mlp(params, kind(k), gradient_features(g)) for k, g in grads.items() if k in self.augmented}
 
     def adapt(self, params: dict, support_x, support_y):
         base, embed = with_prefix(params, "base."), with_prefix(params, "embed.")

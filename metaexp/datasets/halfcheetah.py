@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from metaexp.errors import MetaexpError
-from metaexp.settings import at_least
+from metaexp.schema import at_least
 
 FRAME_SKIP = 5
 

@@ -9,7 +9,7 @@ the goal (Euclidean), or after `horizon` steps.
 
 import torch
 
-from metaexp.settings import at_least
+from metaexp.schema import at_least
 
 
 class Navigation2D:
