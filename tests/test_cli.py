@@ -12,7 +12,6 @@ import yaml
 from conftest import OMNIGLOT_LAKE, ROOT, TINY, make_layout, metrics, only_report
 
 
-
 def rows(run_dir):
     return metrics(run_dir)
 

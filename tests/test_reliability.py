@@ -197,9 +197,7 @@ def test_a_non_finite_validation_value_is_never_saved_as_best(tmp_path):
 
 def test_divergence_before_any_checkpoint_does_not_promise_one(tmp_path):
     run = tmp_path / "run"
-    result = run_inline(
-        "train", *TINY, "optim.lr=1e30", "trainer.val_every=1000", f"hydra.run.dir={run}", cwd=tmp_path
-    )
+    result = run_inline("train", *TINY, "optim.lr=1e30", "trainer.val_every=1000", f"hydra.run.dir={run}", cwd=tmp_path)
     assert result.returncode == 2 and "No checkpoint was written" in result.stdout, result.stdout
     assert not (run / "checkpoints").exists() and one_paragraph(result)
     again = run_inline("train", *TINY, "trainer.resume=auto", f"hydra.run.dir={run}", cwd=tmp_path)
