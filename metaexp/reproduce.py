@@ -5,7 +5,7 @@ regenerate the results table.
 Each preset trains in `<runs>/<preset>` with `trainer.resume=auto` and `trainer.minutes` set to what is left of
 the budget, so an interrupted or budget-stopped preset continues where it stopped on the next call, and a
 finished one is only evaluated (once). A record (the `.hydra/` config, `metrics.jsonl`, the eval reports and
-`machine.json`; no checkpoints) is copied to `<records>/<preset>` for committing; the table in the results
+`machine.json` and `task.json`; no checkpoints) is copied to `<records>/<preset>` for committing; the table in the results
 page is `metaexp summarize` over the records and any `--extra` folders (records made on other machines).
 
 Records are what the project commits, so nothing here loses one: a record is replaced only by a run that
@@ -36,7 +36,7 @@ from metaexp.errors import MetaexpError
 from metaexp.files import current_umask, replacing
 
 TABLE_START, TABLE_END = "<!-- metaexp reproduce: table -->", "<!-- /metaexp reproduce: table -->"
-RECORD = ("metrics.jsonl", "machine.json", ".hydra")
+RECORD = ("metrics.jsonl", "machine.json", "task.json", ".hydra")
 
 
 def metaexp(*args: str) -> subprocess.CompletedProcess:

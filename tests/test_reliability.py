@@ -637,13 +637,23 @@ def test_a_shorter_schedule_never_replaces_a_longer_record(recorded):
     assert unchanged() == before
 
 
-@pytest.mark.slow
-def test_a_concurrent_reproduce_is_refused_and_kill_9_of_the_first_stops_its_child(recorded):
-    base, before, unchanged = recorded
-    first = start(*reproduce(base, runs="long", settings=LONG_RUN), cwd=base)
+def long_reproduce(base):
+    """A reproduce of a long schedule started in a subprocess, and its run directory once it has a row."""
+    process = start(*reproduce(base, runs="long", settings=LONG_RUN), cwd=base)
     run = base / "long" / PRESET
     try:
         wait_for_rows(run)
+    except AssertionError:
+        process.kill()
+        raise
+    return process, run
+
+
+@pytest.mark.slow
+def test_a_concurrent_reproduce_is_refused_and_kill_9_of_the_first_stops_its_child(recorded):
+    base, before, unchanged = recorded
+    first, run = long_reproduce(base)
+    try:
         second = run_cli(*reproduce(base, runs="long"), cwd=base)
         assert second.returncode == 2, second.stdout + second.stderr
         assert "another metaexp reproduce is working on preset maml_sinusoid_5shot" in " ".join(second.stdout.split())
@@ -659,9 +669,7 @@ def test_a_concurrent_reproduce_is_refused_and_kill_9_of_the_first_stops_its_chi
 @pytest.mark.slow
 def test_kill_9_of_the_training_child_is_a_failed_preset(recorded):
     base, before, unchanged = recorded
-    first = start(*reproduce(base, runs="long", settings=LONG_RUN), cwd=base)
-    run = base / "long" / PRESET
-    wait_for_rows(run)
+    first, run = long_reproduce(base)
     os.kill(training_child(run), signal.SIGKILL)  # as the out-of-memory killer would
     output, _ = first.communicate(timeout=120)
     assert first.returncode == 2 and "training was killed by SIGKILL" in " ".join(output.split()), output[-2000:]

@@ -144,6 +144,8 @@ def fake_run(directory, seed, accuracy, steps=(100, 200), extra=()):
         for s in steps
     ]
     (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = {"setting": "5w1s", "metric": "accuracy", "higher_is_better": True, "tasks": "5-way 1-shot"}
+    (directory / "task.json").write_text(json.dumps(task))
     report = {
         "metric": "accuracy",
         "mean": accuracy,
@@ -151,7 +153,7 @@ def fake_run(directory, seed, accuracy, steps=(100, 200), extra=()):
         "episodes": 600,
         "loss": 1.0,
         "step": 200,
-        "settings": {"sampler": {"ways": 5, "shots": 1, "queries": 15}},
+        "settings": {"sampler": {"ways": 5, "shots": 1, "queries": 15}, "label": "5w1s", "standard_label": "5w1s"},
     }
     (directory / "eval-test-5w1s15q-600ep.json").write_text(json.dumps(report))
 
