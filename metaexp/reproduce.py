@@ -4,9 +4,9 @@ regenerate the results table.
 
 Each preset trains in `<runs>/<preset>` with `trainer.resume=auto` and `trainer.minutes` set to what is left of
 the budget, so an interrupted or budget-stopped preset continues where it stopped on the next call, and a
-finished one is only evaluated (once). A record (the `.hydra/` config, `metrics.jsonl`, the eval reports and
-`machine.json` and `task.json`; no checkpoints) is copied to `<records>/<preset>` for committing; the table in the results
-page is `metaexp summarize` over the records and any `--extra` folders (records made on other machines).
+finished one is only evaluated (once). A record (the `.hydra/` config, `metrics.jsonl`, the eval reports,
+`machine.json` and `task.json`; no checkpoints) is copied to `<records>/<preset>` for committing; the table in the
+results page is `metaexp summarize` over the records and any `--extra` folders (records made on other machines).
 
 Records are what the project commits, so nothing here loses one: a record is replaced only by a run that
 finished and was evaluated, of a schedule at least as long as the record's, swapped in whole, while this
