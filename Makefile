@@ -8,7 +8,7 @@ PINS   := -c constraints.txt
 RUN    := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: help install install-dev peer-rl train test test-fast lint bench wheel-check reproduce results clean
+.PHONY: help install install-dev peer-rl train test test-fast lint bench wheel-check reproduce results gpu-check gpu-import clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -76,6 +76,12 @@ reproduce: install  ## train PRESETS (default: all with a figure) within MINUTES
 
 results: install  ## regenerate the table of docs/results.md from the run records in results/records
 	$(VENV)/bin/metaexp reproduce --table-only
+
+gpu-check: install-dev  ## prepare .gpu/ (wheels, Omniglot, resume state) for one GPU call and print the command to run there
+	bash ci/gpu_prepare.sh
+
+gpu-import: install  ## unpack what a GPU call brought back: make gpu-import FILES="records.tar.gz state.tar.gz"
+	$(PY) ci/gpu_import.py $(FILES)
 
 clean:  ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache dist build
