@@ -21,15 +21,25 @@ fetch() {
         "${platforms[@]}" -d .gpu/wheels "$@"
 }
 fetch "$(pin hydra-core)" "$(pin omegaconf)" "$(pin gymnasium)" "$(pin Farama-Notifications)" "$(pin mujoco)" \
-    "$(pin mujoco-core)" "$(pin glfw)" "$(pin PyOpenGL)" "$(pin gym)" "$(pin gym-notices)" "$(pin absl-py)"
-ls .gpu/wheels/antlr4_python3_runtime-4.9.3-*.whl > /dev/null 2>&1 || "$py" -m pip wheel -q --no-deps -w .gpu/wheels "$(pin antlr4-python3-runtime)"
+    "$(pin mujoco-core)" "$(pin mujoco-studio)" "$(pin glfw)" "$(pin PyOpenGL)" "$(pin gym-notices)" "$(pin absl-py)" 2>&1 | grep -v "is ignored" || true
+# Pure Python packages that ship as source only: their wheels are built here.
+for name in antlr4-python3-runtime gym; do
+    "$py" -m pip wheel -q --no-deps -w .gpu/wheels "$(pin $name)" 2>&1 | grep -v "is ignored" || true
+done
 if ! ls .gpu/wheels/learn2learn-0.2.0-cp312-*.whl > /dev/null 2>&1; then
-    command -v python3.12 > /dev/null || { echo "gpu-check: learn2learn for the GPU needs a python3.12 here to build it"; exit 2; }
+    py312=""
+    for candidate in ${PY312:-} python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3.12; do
+        if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2> /dev/null; then py312=$candidate; break; fi
+    done
+    [ -n "$py312" ] || { echo "gpu-check: learn2learn for the GPU is built with a Python 3.12: set PY312=/path/to/python3.12"; exit 2; }
     build=$(mktemp -d)
-    python3.12 -m venv "$build/venv"
-    "$build/venv/bin/pip" install -q "$(pin Cython)" numpy setuptools wheel
-    "$build/venv/bin/pip" wheel -q --no-build-isolation --no-deps -w .gpu/wheels learn2learn==0.2.0 \
-        --config-settings=--build-option=build_ext
+    "$py312" -m venv "$build/venv"
+    "$build/venv/bin/pip" install -q "$(pin Cython)" numpy setuptools wheel 2>&1 | grep -v "is ignored" || true
+    # Its setup.py cythonizes only when `build_ext` is on its own command line (its shipped C files do not
+    # compile on Python >= 3.11).
+    "$build/venv/bin/pip" download -q --no-deps --no-binary :all: -d "$build" learn2learn==0.2.0 2>&1 | grep -v "is ignored" || true
+    tar -xzf "$build"/learn2learn-0.2.0.tar.gz -C "$build"
+    (cd "$build/learn2learn-0.2.0" && "$build/venv/bin/python" setup.py -q build_ext bdist_wheel -d "$repo/.gpu/wheels" > /dev/null)
     rm -rf "$build"
 fi
 omniglot=../shared/data/omniglot
