@@ -44,12 +44,15 @@ status=$?
 if [ $status -ne 0 ] && [ $status -ne 5 ]; then echo "== the CUDA tests failed ($status): nothing else runs"; exit 1; fi
 
 echo "== 2. benchmarks on $device"
-seconds=$([ -n "$quick" ] && echo 1 || echo 10)
 bench() { timeout $(( $(left) / 6 )) "$python" "$@" || echo "== $1 did not finish ($?)"; }
-bench benchmarks/bench_engine.py --device "$device" --configs a --seconds "$seconds"
-[ "$device" = cuda ] && bench benchmarks/bench_engine.py --device cuda --cuda-graph --configs a b c --seconds "$seconds"
-[ -z "$quick" ] && bench benchmarks/bench_metanet.py
-[ -z "$quick" ] && bench benchmarks/bench_rl.py --device "$device" --iterations 2
+if [ -n "$quick" ]; then  # the dry run: metaexp's engine measured once, in one process
+    bench benchmarks/bench_engine.py --one metaexp a --device "$device" --seconds 0.5
+else
+    bench benchmarks/bench_engine.py --device "$device" --configs a --seconds 10
+    [ "$device" = cuda ] && bench benchmarks/bench_engine.py --device cuda --cuda-graph --configs a b c --seconds 10
+    bench benchmarks/bench_metanet.py
+    bench benchmarks/bench_rl.py --device "$device" --iterations 2
+fi
 
 echo "== 3. reproduce within $(( $(left) / 60 )) minutes"
 snapshot() { (cd "$records" && find . -type f -newer "$1" 2>/dev/null | cut -d/ -f2 | sort -u); }

@@ -8,12 +8,12 @@ run directories of presets not yet finished: they go to .gpu/state/runs, where t
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
+from metaexp import reproduce
 from metaexp.reproduce import last_step
 
 
@@ -62,8 +62,7 @@ def main(argv: list) -> int:
                 changed |= kind == "records"
                 print(f"{kind}: {target}")
     if changed:
-        table = [sys.executable, "-m", "metaexp", "reproduce", "--table-only", "--records", str(args.records)]
-        return subprocess.run([*table, "--page", str(args.page)]).returncode
+        reproduce.main(["--table-only", "--records", str(args.records), "--page", str(args.page)])
     return 0
 
 

@@ -95,7 +95,7 @@ def test_kill_9_at_random_moments_then_resume_matches_a_straight_run(tmp_path):
     for attempt in range(12):
         proc = start("train", *LONG, "trainer.resume=auto", f"hydra.run.dir={run}", cwd=tmp_path)
         try:
-            proc.wait(timeout=moments.uniform(1.0, 7.0) if kills < 6 else 300)
+            proc.wait(timeout=moments.uniform(1.0, 7.0) if kills < 4 else 300)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
