@@ -124,8 +124,9 @@ def test_the_closed_loop_gradient_equals_finite_differences_in_float64():
 
 
 def test_one_rk4_step_per_control_step_matches_a_fine_integration():
-    """RK4 at the control step (dt = 0.01) against 20 substeps per control step, wind drag, 5 s."""
-    reference = references(batch=(4,), steps=501)
+    """RK4 at the control step (dt = 0.01) against 8 substeps per control step, wind drag, 2 s (over 10 s and 50
+    substeps the positions differ by 6e-8 here)."""
+    reference = references(batch=(4,), steps=201)
     winds = torch.tensor([0.0, 3.0, 6.0, 9.0], dtype=torch.float64)
 
     def features(q, dq):
@@ -133,7 +134,7 @@ def test_one_rk4_step_per_control_step_matches_a_fine_integration():
 
     gains = Gains.scaled(dtype=torch.float64)
     coarse, fine = (
-        fly(reference, features, gains, lambda q, dq: wind_drag(q, dq, winds), DT, substeps=n) for n in (1, 20)
+        fly(reference, features, gains, lambda q, dq: wind_drag(q, dq, winds), DT, substeps=n) for n in (1, 8)
     )
     assert (coarse.q - fine.q).norm(dim=-1).max() < 1e-6
     assert (coarse.q - fine.q).norm(dim=-1).max() > 0, "the substeps were taken"
