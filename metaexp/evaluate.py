@@ -121,9 +121,8 @@ def test_config(cfg: DictConfig, run_cfg: DictConfig) -> str:
     protocol = run_cfg.get("test") or {}
     chosen = {**(protocol.get("sampler") or {}), **{k: v for k, v in cfg.sampler.items() if v is not None}}
     if cfg.eval.episodes_file and takes(run_cfg.sampler._target_, "ways"):
-        chosen["ways"] = ways_of(
-            load_episodes(Path(cfg.eval.episodes_file))
-        )  # the file's own N, whatever the run trained on
+        # The file's own N, whatever the run trained on.
+        chosen["ways"] = ways_of(load_episodes(Path(cfg.eval.episodes_file)))
     for key, value in chosen.items():
         if key not in run_cfg.sampler and not takes(run_cfg.sampler._target_, key):
             raise MetaexpError(

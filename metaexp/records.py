@@ -120,7 +120,7 @@ def task(run: Path) -> dict:
     metric and its direction."""
     path = run / "task.json"
     if not path.is_file():
-        raise BadRun("task.json is missing (a run started by a metaexp before 0.2, or one that never started)")
+        raise BadRun("task.json is missing (a run started before metaexp wrote one, or one that never started)")
     try:
         described = json.loads(path.read_text())
         str(described["setting"]), str(described["metric"]), bool(described["higher_is_better"])

@@ -219,10 +219,11 @@ class EpisodeSampler(TaskSampler):
             listed = load_episodes(Path(options.episodes_file))
             losses, scores = score(self.listed(Path(options.episodes_file), listed, dataset, options.meta_batch))
             return TestResult(scores, losses)
+        if not options.save_episodes:
+            return super().test(score, options, dataset, generator)
         draws = []
         losses, scores = score(self.recorded(options.episodes, options.meta_batch, generator, draws))
-        if options.save_episodes:
-            write_episodes(Path(options.save_episodes), draws, self.shots, options.split)
+        write_episodes(Path(options.save_episodes), draws, self.shots, options.split)
         return TestResult(scores, losses)
 
     def listed(self, path: Path, episodes: list, dataset, meta_batch: int) -> Iterable[TaskBatch]:

@@ -56,7 +56,10 @@ def run_inline(*args, cwd, env=None):
         os.chdir(here)
         sys.argv = argv
         for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
