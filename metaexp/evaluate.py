@@ -173,7 +173,7 @@ def make_report(cfg, run_cfg, sampler, algorithm, result, *, standard: dict, nor
         "standard_label": kind.label(standard),
     }
     return {
-        "metric": sampler.objective.metric,
+        "metric": result.metric or sampler.objective.metric,
         "higher_is_better": sampler.objective.higher_is_better,
         "mean": mean,
         "ci95": ci95,

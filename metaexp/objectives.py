@@ -40,6 +40,10 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 CLASSIFICATION = Objective("accuracy", True, F.cross_entropy, accuracy, task="classification")
 REGRESSION = Objective("mse", False, F.mse_loss, F.mse_loss)
+# Adaptive control (metaexp.control): trained on the disturbance's squared error (the regression view) or on
+# flights, whose RMS tracking error is what every control test reports.
+DISTURBANCE = Objective("mse", False, F.mse_loss, F.mse_loss, task="adaptive control")
+CONTROL = Objective("rms_error", False, F.mse_loss, F.mse_loss, task="adaptive control")
 
 
 def mean_ci95(values) -> tuple:

@@ -40,11 +40,13 @@ class TaskBatch(NamedTuple):
 @dataclass
 class TestResult:
     """What a task family's test protocol measured: one score per test task, their query losses where the
-    protocol has them, and any further fields of the report (a return curve over inner steps)."""
+    protocol has them, any further fields of the report (a return curve over inner steps), and the metric
+    where the test measures another than training does (None: the objective's)."""
 
     scores: torch.Tensor
     losses: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
+    metric: str | None = None
 
 
 class TaskSampler:
@@ -72,6 +74,7 @@ class TaskSampler:
     label_format: str
     report_format: str | None = None  # None: as label_format
     acts = False  # True where drawing a task runs the current policy: bind() hands it over
+    view = ""  # which view of its task family a sampler gives, where there are several (adaptive control's two)
 
     @classmethod
     def label(cls, settings: Mapping) -> str:

@@ -23,6 +23,7 @@ COMPONENTS = (
     "metaexp.datasets.",
     "metaexp.samplers.",
     "metaexp.rollouts.",
+    "metaexp.control.",
     "metaexp.trpo.",
 )
 TORCH = ("torch.optim.",)  # torch.optim.Adam, torch.optim.lr_scheduler.StepLR: checked to be such classes

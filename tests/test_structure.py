@@ -13,7 +13,7 @@ LAYERS = [
     ["files", "schema", "distributed", "trust", "rundir", "episodes", "machine", "records"],
     ["checkpoint", "backbones", "datasets", "presets", "plots"],
     ["samplers"],
-    ["rollouts", "algorithms", "trpo"],
+    ["rollouts", "control", "algorithms", "trpo"],
     ["components", "engine", "resume"],
     ["evaluate"],
     ["loop"],

@@ -8,7 +8,7 @@ from torch.func import grad, vmap
 
 from metaexp.errors import MetaexpError
 from metaexp.backbones import embed
-from metaexp.objectives import CLASSIFICATION, Objective
+from metaexp.objectives import CLASSIFICATION, CONTROL, DISTURBANCE, Objective
 from metaexp.samplers import TaskBatch
 
 
@@ -53,6 +53,9 @@ class Algorithm:
     training_norm = True
     # True where trainer.compile=auto may compile the meta-loss: its compiled speed was measured to gain (MAML).
     compiles = False
+    # True where the algorithm learns an adaptive controller's regressor (`ControlAlgorithm`): the only kind that
+    # adaptive-control task families take, and the only tasks it takes. `view` names the sampler it trains on.
+    flies = False
 
     def __init__(self, model: nn.Module, objective: Objective):
         self.model, self.objective = model, objective
@@ -75,6 +78,13 @@ class Algorithm:
     @classmethod
     def check_objective(cls, objective: Objective) -> None:
         """Refuse tasks this algorithm cannot learn (a class-level check: the CLI runs it before building)."""
+        if (objective in (CONTROL, DISTURBANCE)) != cls.flies:
+            raise MetaexpError(
+                f"{cls.__name__} learns {'an adaptive controller' if cls.flies else 'from support sets'} and the "
+                f"tasks are {objective.task}. Adaptive control (dataset=rotorcraft) takes algorithm=acmrr "
+                f"(sampler=transitions) or algorithm=control_oriented (sampler=closed_loop); "
+                f"{'pick one of those' if not cls.flies else 'those algorithms take no other task family'}."
+            )
         if cls.classification_only and objective is not CLASSIFICATION:
             raise MetaexpError(
                 f"{cls.__name__} classifies by comparing embeddings and cannot learn {objective.task} tasks. Pick a "
@@ -116,6 +126,47 @@ class Algorithm:
     def adapt(self, params: dict, support_x, support_y):
         """A function from one task's query inputs to predictions, after adapting to its support set."""
         raise NotImplementedError
+
+
+def ridge_weights(z: torch.Tensor, targets: torch.Tensor, ridge: float) -> torch.Tensor:
+    """The ridge-regression weights `[d, outputs]` from rows `z` `[n, d]` to `targets` `[n, outputs]`, solved
+    in the dual ((n x n): z^T (z z^T + ridge I)^-1 targets) when there are fewer rows than features, else in the
+    primal ((d x d): (z^T z + ridge I)^-1 z^T targets); the two are equal."""
+    n, d = z.shape
+    if n < d:
+        eye = torch.eye(n, dtype=z.dtype, device=z.device)
+        return z.T @ torch.linalg.solve(z @ z.T + ridge * eye, targets)
+    eye = torch.eye(d, dtype=z.dtype, device=z.device)
+    return torch.linalg.solve(z.T @ z + ridge * eye, z.T @ targets)
+
+
+class ControlAlgorithm(Algorithm):
+    """Base of the adaptive-control meta-learners: what they learn is the regressor y(q, dq) of the controller's
+    disturbance estimate f_hat = A y (the backbone's features of (q, dq)), and optionally its gains."""
+
+    uses_head = False
+    flies = True
+    training_norm = False
+    view = ""  # the sampler's view of the task family this algorithm trains on (metaexp.control)
+
+    def check_sampler(self, sampler) -> None:
+        if sampler.view != self.view:
+            raise MetaexpError(
+                f"{type(self).__name__} trains on sampler={self.view}; the sampler is {type(sampler).__name__}. "
+                f"Set sampler={self.view}."
+            )
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__.lower()
+
+    def regressor(self, params: dict):
+        """y(q, dq) `[..., p]`, the features the adaptive law weighs."""
+        return lambda q, dq: embed(self.model, params, torch.cat([q, dq], -1))
+
+    def learned_gains(self, params: dict):
+        """The (Lambda, K, Gamma) this algorithm learned, or None where it learns none."""
+        return None
 
 
 def sgd(loss, weights: dict, rate, steps: int, first_order: bool = False):

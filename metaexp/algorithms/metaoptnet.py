@@ -3,7 +3,7 @@ regression from support embeddings to one-hot labels, solved in the dual, with a
 
 import torch
 
-from metaexp.algorithms.base import EmbeddingAlgorithm
+from metaexp.algorithms.base import EmbeddingAlgorithm, ridge_weights
 
 
 class MetaOptNet(EmbeddingAlgorithm):
@@ -15,7 +15,5 @@ class MetaOptNet(EmbeddingAlgorithm):
         return {**super().init_params(), "meta.scale": torch.tensor(self.scale)}
 
     def logits(self, params, support_z, support_onehot, query_z):
-        gram = support_z @ support_z.T
-        eye = torch.eye(len(support_z), dtype=gram.dtype, device=gram.device)
-        weights = support_z.T @ torch.linalg.solve(gram + self.ridge * eye, support_onehot)
+        weights = ridge_weights(support_z, support_onehot, self.ridge)  # in the dual: N K support rows
         return params["meta.scale"] * (query_z @ weights)

@@ -15,9 +15,13 @@ RK4 at the control step (the authors integrate with an adaptive Dormand-Prince m
 """
 
 import math
+from functools import partial
 from typing import Callable, NamedTuple
 
 import torch
+
+from metaexp.datasets.splines import spline_references
+from metaexp.schema import at_least
 
 GRAVITY = 9.81
 DRAG = (0.1, 1.0)
@@ -106,12 +110,31 @@ def control(q, dq, r, dr, ddr, f_hat, gains: Gains) -> tuple:
     return matvec(actuation(q[..., 2]).transpose(-1, -2), tau), s  # B^-1 = B^T
 
 
+def closed_loop_step(q, dq, u, estimate, rate, r, dr, ddr, features, gains: Gains, disturbance, dt, substeps=1):
+    """One control step: the plant flies `dt` under the held `u` (`substeps` RK4 steps), the adaptation law
+    integrates dA = Gamma s y^T by the trapezoidal rule, and the controller sets the next `u` from the
+    reference `(r, dr, ddr)` at the new time. Returns (q, dq, u, A, dA, e, de)."""
+    for _ in range(substeps):
+        q, dq = rk4_step(q, dq, u, disturbance, dt / substeps)
+    y = features(q, dq)
+    e, de = q - r, dq - dr
+    new_rate = (gains.adaptation @ (de + matvec(gains.rate, e)).unsqueeze(-1)) * y.unsqueeze(-2)
+    estimate = estimate + dt * (rate + new_rate) / 2
+    u, _ = control(q, dq, r, dr, ddr, matvec(estimate, y), gains)
+    return q, dq, u, estimate, new_rate, e, de
+
+
 def fly(
-    reference: tuple, features: Callable, gains: Gains, disturbance: Callable, dt: float, substeps: int = 1
-) -> Flight:
+    reference: tuple, features: Callable, gains: Gains, disturbance: Callable, dt: float, substeps: int = 1,
+    advance: Callable | None = None,
+) -> Flight:  # fmt: skip
     """Fly the references `(r, dr, ddr)`, each `[..., T, 3]` at control steps `dt`, from rest on them, with
     `f_hat = A y(q, dq)` and `features(q, dq) -> y [..., p]`; `disturbance(q, dq)` is the true f_ext. The plant
-    takes `substeps` RK4 steps per control step (to measure the integrator's error)."""
+    takes `substeps` RK4 steps per control step (to measure the integrator's error). `advance(q, dq, u, A, dA,
+    r, dr, ddr)` is `closed_loop_step` with the rest bound, or a function that computes the same (compiled)."""
+    advance = advance or partial(
+        closed_loop_step, features=features, gains=gains, disturbance=disturbance, dt=dt, substeps=substeps
+    )
     r, dr, ddr = reference
     q, dq = r[..., 0, :], dr[..., 0, :]
     y = features(q, dq)
@@ -120,18 +143,34 @@ def fly(
     rate = (gains.adaptation @ s.unsqueeze(-1)) * y.unsqueeze(-2)  # dA = Gamma s y^T
     path = [(q, dq, u)]
     for t in range(1, r.shape[-2]):
-        for _ in range(substeps):
-            q, dq = rk4_step(q, dq, u, disturbance, dt / substeps)
-        y = features(q, dq)
-        e_now, de_now = q - r[..., t, :], dq - dr[..., t, :]
-        s_now = de_now + matvec(gains.rate, e_now)
-        new_rate = (gains.adaptation @ s_now.unsqueeze(-1)) * y.unsqueeze(-2)
-        estimate = estimate + dt * (rate + new_rate) / 2  # trapezoidal rule
-        rate = new_rate
-        u, _ = control(q, dq, r[..., t, :], dr[..., t, :], ddr[..., t, :], matvec(estimate, y), gains)
+        q, dq, u, estimate, rate, _, _ = advance(q, dq, u, estimate, rate, r[..., t, :], dr[..., t, :], ddr[..., t, :])
         path.append((q, dq, u))
     q, dq, u = (torch.stack(parts, -2) for parts in zip(*path))
     return Flight(q, dq, u, r, dr)
+
+
+def track_pd(reference: tuple, disturbance: Callable, dt: float, kp: float = 10.0, kd: float = 0.1) -> Flight:
+    """Fly `(r, dr, ddr)` with the feedback-linearising PD controller the authors' training data were flown by
+    (tau = ddr - kp e - kd de + g, u = B^-1 tau; nothing cancels the wind), from rest on the reference."""
+    r, dr, ddr = reference
+
+    def pd(q, dq, t):
+        tau = ddr[..., t, :] - kp * (q - r[..., t, :]) - kd * (dq - dr[..., t, :]) + gravity(q)
+        return matvec(actuation(q[..., 2]).transpose(-1, -2), tau)
+
+    q, dq = r[..., 0, :], dr[..., 0, :]
+    path = [(q, dq, pd(q, dq, 0))]
+    for t in range(1, r.shape[-2]):
+        q, dq = rk4_step(q, dq, path[-1][2], disturbance, dt)
+        path.append((q, dq, pd(q, dq, t)))
+    q, dq, u = (torch.stack(parts, -2) for parts in zip(*path))
+    return Flight(q, dq, u, r, dr)
+
+
+def integral_features(q: torch.Tensor, dq: torch.Tensor) -> torch.Tensor:
+    """The PID baseline's regressor, the constant 1: the adaptation law then integrates s, an integral term
+    (the authors' PID: features tanh(0 x + inf))."""
+    return q.new_ones(*q.shape[:-1], 1)
 
 
 def no_features(q: torch.Tensor, dq: torch.Tensor) -> torch.Tensor:
@@ -146,3 +185,114 @@ def sine_references(amplitudes: torch.Tensor, periods: torch.Tensor, times: torc
     phase = omega * times.unsqueeze(-1)
     a = amplitudes.unsqueeze(-2)
     return a * torch.sin(phase), a * omega * torch.cos(phase), -a * omega.square() * torch.sin(phase)
+
+
+def network(weights: tuple, x: torch.Tensor) -> torch.Tensor:
+    """The ensemble's model of one wind, f(x) = A tanh(W2 tanh(W1 x + b1) + b2) (no output bias, as the
+    authors'), on points `x` `[..., n, 6]` for weights with the same leading dimensions (one model per flight)."""
+    w1, b1, w2, b2, a = weights
+    h = torch.tanh(x @ w1.mT + b1.unsqueeze(-2))
+    h = torch.tanh(h @ w2.mT + b2.unsqueeze(-2))
+    return h @ a.mT
+
+
+SHAPES = ((32, 6), (32,), (32, 32), (32,), (3, 32))  # the ensemble's weights, as the authors' 2 x 32 tanh
+
+
+def unflatten(flat: torch.Tensor) -> tuple:
+    """A model's weights from its flat vector `[..., P]`."""
+    sizes = [math.prod(s) for s in SHAPES]
+    return tuple(part.reshape(*flat.shape[:-1], *s) for part, s in zip(flat.split(sizes, -1), SHAPES))
+
+
+def beta_order_statistic(count: int, a: int, b: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` draws of Beta(a, b) for whole a, b: the a-th smallest of a + b - 1 uniforms (exact, and drawn
+    from `generator`, which torch's own Beta sampler takes none of)."""
+    return torch.rand(count, a + b - 1, generator=generator, dtype=torch.float64).sort(-1).values[:, a - 1]
+
+
+class Flights(NamedTuple):
+    """Recorded flights `[N, T, 3]` each (q, dq, u at the control steps `dt`) and their winds `[N]`."""
+
+    q: torch.Tensor
+    dq: torch.Tensor
+    u: torch.Tensor
+    wind: torch.Tensor
+    dt: float
+    part: str = "train"  # or "val": the same flights, of which the samplers hold some out
+
+    def disturbance(self) -> torch.Tensor:
+        """f_ext `[N, T - 1, 3]` as the data show it (forward Euler, the authors' regression target):
+        (dq_{t+1} - dq_t) / dt - B(phi_t) u_t + g; the plant's known part is H = I, C = 0."""
+        q, u = self.q[:, :-1], self.u[:, :-1]
+        return self.dq.diff(dim=1) / self.dt - matvec(actuation(q[..., 2]), u) + gravity(q)
+
+    def states(self) -> torch.Tensor:
+        """(q, dq) `[N, T - 1, 6]` before each transition."""
+        return torch.cat([self.q[:, :-1], self.dq[:, :-1]], -1)
+
+
+class TestFlights(NamedTuple):
+    """The test protocol's references (r, dr, ddr) `[N, T, 3]` each and winds `[N]`, one wind per reference."""
+
+    reference: tuple
+    wind: torch.Tensor
+    dt: float
+    part: str = "test"
+
+
+class RotorcraftWind:
+    """Adaptive control's task family: a task is one wind speed, blowing along x. The training split is
+    `trajectories` flights of `duration` s by the PD controller along random minimum-snap references, one
+    wind each from `wind_max` x Beta(*wind_beta) (the authors: 500 flights of 30 s, 6 Beta(5, 9)); the test split
+    is `test_references` references of `test_duration` s, one wind each from `test_wind_max` x
+    Beta(*test_wind_beta) (200 of 10 s, 10 Beta(5, 7): mostly stronger winds than any in training). Both are
+    generated from `seed` in float64 and kept as float32; the samplers sub-sample the training flights."""
+
+    def __init__(
+        self,
+        trajectories: int = 500,
+        duration: float = 30.0,
+        dt: float = 0.01,
+        wind_max: float = 6.0,
+        wind_beta=(5, 9),
+        test_references: int = 200,
+        test_duration: float = 10.0,
+        test_wind_max: float = 10.0,
+        test_wind_beta=(5, 7),
+        seed: int = 0,
+    ):
+        at_least("dataset.trajectories", trajectories, 1, whole=True)
+        at_least("dataset.test_references", test_references, 1, whole=True)
+        for key, value in (("duration", duration), ("test_duration", test_duration), ("dt", dt)):
+            at_least(f"dataset.{key}", value, 0)
+        self.trajectories, self.duration, self.dt, self.seed = trajectories, duration, dt, seed
+        self.wind_max, self.wind_beta = wind_max, tuple(wind_beta)
+        self.test_references, self.test_duration = test_references, test_duration
+        self.test_wind_max, self.test_wind_beta = test_wind_max, tuple(test_wind_beta)
+        self.cache = {}
+
+    def split(self, name: str):
+        """`train` and `val`: the training flights (the samplers hold some of each out); `test`: the test
+        protocol's references and winds."""
+        if name == "test":
+            return self.cached("test", self.test_flights)
+        return self.cached("train", self.flights)._replace(part=name)
+
+    def cached(self, name: str, make: Callable):
+        if name not in self.cache:
+            self.cache[name] = make()
+        return self.cache[name]
+
+    def flights(self) -> Flights:
+        generator = torch.Generator().manual_seed(self.seed)
+        reference = spline_references(self.trajectories, self.duration, self.dt, generator)
+        wind = self.wind_max * beta_order_statistic(self.trajectories, *self.wind_beta, generator)
+        flown = track_pd(reference, lambda q, dq: wind_drag(q, dq, wind), self.dt)
+        return Flights(flown.q.float(), flown.dq.float(), flown.u.float(), wind.float(), self.dt)
+
+    def test_flights(self) -> TestFlights:
+        generator = torch.Generator().manual_seed(self.seed + 20)  # the authors' offset: no training reference
+        reference = spline_references(self.test_references, self.test_duration, self.dt, generator)
+        wind = self.test_wind_max * beta_order_statistic(self.test_references, *self.test_wind_beta, generator)
+        return TestFlights(tuple(x.float() for x in reference), wind.float(), self.dt)

@@ -1,0 +1,245 @@
+"""Adaptive control on the meta-learning data path (Richards et al., RSS 2021): a task is one wind, and what a
+meta-learner learns is the regressor y(q, dq) that the adaptive controller's online law dA/dt = Gamma s y^T
+weighs into its disturbance estimate f_hat = A y. Two views of the same task family:
+
+- `TransitionSampler` (the regression view): a task is one training flight; support and query sets are its
+  transitions (q, dq) -> f_ext. Meta ridge regression (ACMRR) learns y so that a per-wind least-squares fit of
+  A on a few transitions predicts the rest.
+- `ClosedLoopSampler` (the control view): a task is a (model, reference) pair; the per-task loss is the
+  tracking cost of the adaptive controller flying the reference on that model. The model of each training
+  flight's wind is a network fitted to that flight (the authors' ensemble: the true dynamics stay unknown to
+  the meta-learner), and the meta-learner differentiates the flight itself.
+
+Both test the same way (`ControlSampler.test`): the controller flies the test references in the true wind
+with the algorithm's y inside it, under each gain setting, beside the PID baseline (y = 1) on the same flights.
+"""
+
+import math
+import re
+from typing import Callable
+
+import torch
+
+from metaexp.datasets.rotorcraft import SHAPES, Gains, fly, integral_features, network, rk4_step, unflatten, wind_drag
+from metaexp.datasets.splines import spline_references
+from metaexp.errors import MetaexpError
+from metaexp.objectives import CONTROL, DISTURBANCE, mean_ci95
+from metaexp.samplers import TaskBatch, TaskSampler, TestResult, refuse_episode_files
+from metaexp.schema import at_least, within
+
+
+def pool_draw(pool: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` of `pool` items without replacement (all of them, in order, when `count` >= `pool`)."""
+    if count >= pool:
+        return torch.arange(pool)
+    return torch.randperm(pool, generator=generator)[:count]
+
+
+class ControlSampler(TaskSampler):
+    """What both views share: the sub-sample of `trajectories` (M) training flights chosen by `seed`, the
+    gains the test flies with, and the test protocol.
+
+    `gains` lists the test's (Lambda, K, Gamma) settings, each a multiple of the identity (the authors' four:
+    Lambda 1, K and Gamma 1 or 10); the report's score is the first, the others sit beside it in `by_gains`."""
+
+    objective = CONTROL
+    outputs = 3
+    label_format, report_format = "M{trajectories}", "M{trajectories}"
+
+    @classmethod
+    def test_overrides(cls, name: str) -> list | None:
+        """M is how much a run trained on, not a test setting: a published `M10` is the standard test of the run
+        that trained on M = 10 (each M is a preset of its own)."""
+        return [] if re.fullmatch(r"M\d+", name) else None
+
+    def __init__(self, data, trajectories: int = 10, seed: int = 0, gains=((1, 10, 10), (1, 1, 1), (1, 1, 10), (1, 10, 1)), device="cpu"):
+        at_least("sampler.trajectories", trajectories, 2, whole=True)
+        self.gains = [tuple(float(g) for g in setting) for setting in gains]
+        for setting in self.gains:
+            if len(setting) != 3 or min(setting) <= 0:
+                raise MetaexpError(
+                    f"sampler.gains has {list(setting)}; each setting is three positive numbers (Lambda, K, Gamma), "
+                    f"multiples of the identity, e.g. sampler.gains=[[1,10,10]]. Gains that are not positive make "
+                    f"the controller unstable or the adaptation law diverge."
+                )
+        self.data, self.trajectories, self.seed, self.device = data, trajectories, seed, torch.device(device)
+        self.test_split = data.part == "test"
+
+    def subsample(self):
+        """The M training flights of this seed (the same for the train and validation samplers)."""
+        total = len(self.data.wind)
+        if self.trajectories > total:
+            raise MetaexpError(
+                f"sampler.trajectories={self.trajectories} but the data set has {total} training flights. Lower "
+                f"sampler.trajectories or raise dataset.trajectories."
+            )
+        chosen = torch.randperm(total, generator=torch.Generator().manual_seed(self.seed))[: self.trajectories]
+        return type(self.data)(*(x[chosen] if torch.is_tensor(x) else x for x in self.data))
+
+    def bind(self, algorithm, params: dict, inner_steps) -> None:
+        self.algorithm, self.params = algorithm, params
+
+    def test(self, score: Callable, options, dataset, generator: torch.Generator) -> TestResult:
+        """The test flights in the true wind, with the algorithm's features and each gain setting (and its own
+        learned gains, where it learns them), and the PID baseline on the same flights."""
+        refuse_episode_files(options)
+        flights = dataset.split("test")
+        count = min(options.episodes, len(flights.wind))
+        reference = tuple(x[:count].to(self.device) for x in flights.reference)
+        wind = flights.wind[:count].to(self.device)
+        params = {k: v.detach() for k, v in self.params.items()}
+        features = self.algorithm.regressor(params)
+        settings = [(f"{l:g}/{k:g}/{g:g}", Gains.scaled(l, k, g)) for l, k, g in self.gains]
+        learned = self.algorithm.learned_gains(params)
+        if learned is not None:
+            settings.append(("learned", Gains(*(x.detach().cpu() for x in learned))))
+        rows, primary = [], None
+        with torch.no_grad():
+            for name, gains in settings:
+                gains = Gains(*(x.to(self.device) for x in gains))
+                for method, regressor in ((self.algorithm.name, features), ("pid", integral_features)):
+                    if method == "pid" and name == "learned":
+                        continue
+                    flight = fly(reference, regressor, gains, lambda q, dq: wind_drag(q, dq, wind), flights.dt)
+                    error, effort = flight.rms_error().float().cpu(), flight.rms_control().float().cpu()
+                    mean, ci95 = mean_ci95(error.tolist())
+                    rows.append({"gains": name, "method": method, "mean": mean, "ci95": ci95,
+                                 "rms_control": effort.mean().item()})  # fmt: skip
+                    if primary is None:
+                        primary = error
+        return TestResult(primary, None, {"by_gains": rows, "references": count}, metric=CONTROL.metric)
+
+    def test_protocol(self) -> str:
+        return f"the adaptive controller flying the test references in the true wind, gains {self.gains[0]}"
+
+
+class TransitionSampler(ControlSampler):
+    """The regression view. A task is one of the M flights: `shots` transitions drawn at random from the
+    first `train_fraction` of its samples (shuffled in time) as support, and as query all of that part in
+    training, the rest in validation (the authors' ACMRR: 25% of the training samples fit the last layer,
+    the loss is on all of them)."""
+
+    view = "transitions"
+    objective = DISTURBANCE
+
+    def __init__(self, data, trajectories: int = 10, seed: int = 0, shots: int = 562, train_fraction: float = 0.75,
+                 gains=((1, 10, 10), (1, 1, 1), (1, 1, 10), (1, 10, 1)), device="cpu"):  # fmt: skip
+        super().__init__(data, trajectories, seed, gains, device)
+        at_least("sampler.shots", shots, 1, whole=True)
+        within("sampler.train_fraction", train_fraction, 0.01, 0.99)
+        self.shots, self.train_fraction = shots, train_fraction
+        if self.test_split:
+            return
+        flights = self.subsample()
+        x, y = flights.states(), flights.disturbance()
+        order = torch.stack([
+            torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(self.seed * 1000 + i))
+            for i in range(len(x))
+        ])  # fmt: skip
+        x, y = (t.gather(1, order.unsqueeze(-1).expand_as(t)) for t in (x, y))
+        cut = int(train_fraction * x.shape[1])
+        if shots > cut:
+            raise MetaexpError(
+                f"sampler.shots={shots} but each flight has {cut} training transitions. Lower sampler.shots."
+            )
+        self.train_x, self.train_y = x[:, :cut].to(self.device), y[:, :cut].to(self.device)
+        self.held_x, self.held_y = x[:, cut:].to(self.device), y[:, cut:].to(self.device)
+
+    def describe(self) -> str:
+        return (f"{self.trajectories} flights, one wind each: {self.shots} transitions (q, dq) -> f_ext fit, "
+                f"the loss on the rest; all flights per step when trainer.meta_batch >= {self.trajectories}")  # fmt: skip
+
+    def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
+        tasks = pool_draw(self.trajectories, meta_batch, generator).to(self.device)
+        x, y = self.train_x[tasks], self.train_y[tasks]
+        keys = torch.rand(x.shape[:2], generator=generator).to(self.device)
+        support = keys.argsort(-1)[:, : self.shots]
+        sx = x.gather(1, support.unsqueeze(-1).expand(-1, -1, 6))
+        sy = y.gather(1, support.unsqueeze(-1).expand(-1, -1, 3))
+        if self.data.part == "train":
+            return TaskBatch(sx, sy, x, y)
+        return TaskBatch(sx, sy, self.held_x[tasks], self.held_y[tasks])
+
+
+def fit_ensemble(flights, epochs: int, generator: torch.Generator, l2: float = 1e-4, lr: float = 1e-2,
+                 train_fraction: float = 0.75, batch_fraction: float = 0.25) -> torch.Tensor:  # fmt: skip
+    """One model per flight, fitted to predict each next state from the last through the known plant
+    (RK4 with f_ext the model, u held) as the authors' ensemble: Adam on batches of `batch_fraction` of the
+    first `train_fraction` of the transitions (shuffled in time), `epochs` passes, each model's weights kept
+    where its held-out loss was lowest (checked once a pass). Returns the flat weights `[M, P]`."""
+    m = len(flights.wind)
+    x, x_next = flights.states(), torch.cat([flights.q[:, 1:], flights.dq[:, 1:]], -1)
+    u = flights.u[:, :-1]
+    order = torch.stack([torch.randperm(x.shape[1], generator=generator) for _ in range(m)])
+    x, x_next, u = (t.gather(1, order.unsqueeze(-1).expand_as(t)) for t in (x, x_next, u))
+    cut = int(train_fraction * x.shape[1])
+    batch = int(batch_fraction * cut)
+    flat = torch.cat([0.1 * torch.randn(m, math.prod(s), generator=generator) for s in SHAPES], -1)
+    flat.requires_grad_()
+    optimizer = torch.optim.Adam([flat], lr=lr)
+    best, best_loss = flat.detach().clone(), torch.full((m,), math.inf)
+
+    def losses(weights, rows):
+        weights = unflatten(weights)
+        state, target, held = x[:, rows], x_next[:, rows], u[:, rows]
+        q, dq = rk4_step(state[..., :3], state[..., 3:], held, lambda q, dq: network(weights, torch.cat([q, dq], -1)), flights.dt)
+        return (torch.cat([q, dq], -1) - target).square().sum((1, 2))
+
+    held_out = torch.arange(cut, x.shape[1])
+    for _ in range(epochs):
+        shuffled = torch.randperm(cut, generator=generator)
+        for start in range(0, cut - batch + 1, batch):
+            rows = shuffled[start : start + batch]
+            loss = (losses(flat, rows) + l2 * flat.square().sum(-1)).sum() / batch
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            now = losses(flat, held_out)
+            better = now < best_loss
+            best[better], best_loss[better] = flat.detach()[better], now[better]
+    return best
+
+
+class ClosedLoopSampler(ControlSampler):
+    """The control view. A task is a pair: a model of one training flight's wind (the ensemble, fitted once per
+    seed and M) and a reference of `duration` s; the algorithm flies the reference on the model and its loss
+    is the flight's cost. `train_fraction` of the models and of the `references` train, the rest validate (the
+    authors: 10 references of 5 s, 75% / 25%; 1,000 ensemble epochs)."""
+
+    view = "closed_loop"
+    ensembles = {}  # fitted ensembles, per (flights, seed, M, epochs): the train and val samplers share one
+
+    def __init__(self, data, trajectories: int = 10, seed: int = 0, references: int = 10, duration: float = 5.0,
+                 train_fraction: float = 0.75, ensemble_epochs: int = 1000,
+                 gains=((1, 10, 10), (1, 1, 1), (1, 1, 10), (1, 10, 1)), device="cpu"):  # fmt: skip
+        super().__init__(data, trajectories, seed, gains, device)
+        at_least("sampler.references", references, 2, whole=True)
+        at_least("sampler.duration", duration, 0)
+        at_least("sampler.ensemble_epochs", ensemble_epochs, 1, whole=True)
+        within("sampler.train_fraction", train_fraction, 0.01, 0.99)
+        self.references, self.duration, self.ensemble_epochs = references, duration, ensemble_epochs
+        if self.test_split:
+            return
+        generator = torch.Generator().manual_seed(self.seed)
+        key = (data.q.data_ptr(), seed, trajectories, ensemble_epochs)
+        if key not in self.ensembles:
+            self.ensembles[key] = fit_ensemble(self.subsample(), ensemble_epochs, torch.Generator().manual_seed(seed))
+        models = self.ensembles[key][torch.randperm(trajectories, generator=generator)]
+        reference = torch.cat(spline_references(references, duration, data.dt, generator), -1).float()
+        keep_models, keep_refs = max(1, int(train_fraction * trajectories)), max(1, int(train_fraction * references))
+        part = slice(None, keep_models) if data.part == "train" else slice(keep_models, None)
+        refs = slice(None, keep_refs) if data.part == "train" else slice(keep_refs, None)
+        self.models, self.reference_set = models[part].to(self.device), reference[refs].to(self.device)
+        self.dt = data.dt
+
+    def describe(self) -> str:
+        pairs = len(self.models) * len(self.reference_set)
+        return (f"{len(self.models)} wind models x {len(self.reference_set)} references of {self.duration:g} s flown "
+                f"in closed loop; all {pairs} pairs per step when trainer.meta_batch >= {pairs}")  # fmt: skip
+
+    def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
+        models, refs = len(self.models), len(self.reference_set)
+        pairs = pool_draw(models * refs, meta_batch, generator).to(self.device)
+        model, reference = self.models[pairs // refs], self.reference_set[pairs % refs]
+        return TaskBatch(model, model.new_zeros(len(pairs), 1), reference, reference[..., :3])
