@@ -16,6 +16,7 @@ with the algorithm's y inside it, under each gain setting, beside the PID baseli
 
 import math
 import re
+from functools import cached_property
 from typing import Callable
 
 import torch
@@ -221,25 +222,32 @@ class ClosedLoopSampler(ControlSampler):
         self.references, self.duration, self.ensemble_epochs = references, duration, ensemble_epochs
         if self.test_split:
             return
-        generator = torch.Generator().manual_seed(self.seed)
-        key = (data.q.data_ptr(), seed, trajectories, ensemble_epochs)
+        self.train_fraction = train_fraction
+
+    @cached_property
+    def pairs(self) -> tuple:
+        """(models `[m, P]`, references `[k, T, 9]`) of this split, made at the first draw (fitting the ensemble
+        takes minutes: a run refused for its other settings does not wait for it)."""
+        generator, data = torch.Generator().manual_seed(self.seed), self.data
+        key = (data.q.data_ptr(), self.seed, self.trajectories, self.ensemble_epochs)
         if key not in self.ensembles:
-            self.ensembles[key] = fit_ensemble(self.subsample(), ensemble_epochs, torch.Generator().manual_seed(seed))
-        models = self.ensembles[key][torch.randperm(trajectories, generator=generator)]
-        reference = torch.cat(spline_references(references, duration, data.dt, generator), -1).float()
-        keep_models, keep_refs = max(1, int(train_fraction * trajectories)), max(1, int(train_fraction * references))
+            self.ensembles[key] = fit_ensemble(self.subsample(), self.ensemble_epochs, torch.Generator().manual_seed(self.seed))
+        models = self.ensembles[key][torch.randperm(self.trajectories, generator=generator)]
+        reference = torch.cat(spline_references(self.references, self.duration, data.dt, generator), -1).float()
+        keep_models = max(1, int(self.train_fraction * self.trajectories))
+        keep_refs = max(1, int(self.train_fraction * self.references))
         part = slice(None, keep_models) if data.part == "train" else slice(keep_models, None)
         refs = slice(None, keep_refs) if data.part == "train" else slice(keep_refs, None)
-        self.models, self.reference_set = models[part].to(self.device), reference[refs].to(self.device)
-        self.dt = data.dt
+        return models[part].to(self.device), reference[refs].to(self.device)
 
     def describe(self) -> str:
-        pairs = len(self.models) * len(self.reference_set)
-        return (f"{len(self.models)} wind models x {len(self.reference_set)} references of {self.duration:g} s flown "
-                f"in closed loop; all {pairs} pairs per step when trainer.meta_batch >= {pairs}")  # fmt: skip
+        models, references = (len(x) for x in self.pairs)
+        return (f"{models} wind models x {references} references of {self.duration:g} s flown in closed loop; all "
+                f"{models * references} pairs per step when trainer.meta_batch >= {models * references}")  # fmt: skip
 
     def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
-        models, refs = len(self.models), len(self.reference_set)
-        pairs = pool_draw(models * refs, meta_batch, generator).to(self.device)
-        model, reference = self.models[pairs // refs], self.reference_set[pairs % refs]
+        models, references = self.pairs
+        count = len(references)
+        pairs = pool_draw(len(models) * count, meta_batch, generator).to(self.device)
+        model, reference = models[pairs // count], references[pairs % count]
         return TaskBatch(model, model.new_zeros(len(pairs), 1), reference, reference[..., :3])

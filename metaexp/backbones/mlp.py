@@ -10,7 +10,8 @@ ACTIVATIONS = ("ReLU", "Tanh", "ELU", "GELU", "SiLU", "Softplus")
 
 
 class MLP(nn.Module):
-    def __init__(self, out_features: int | None = 1, in_features: int = 1, hidden=(40, 40), activation: str = "ReLU"):
+    def __init__(self, out_features: int | None = 1, in_features: int = 1, hidden=(40, 40), activation: str = "ReLU",
+                 flatten: bool = True):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise MetaexpError(f"backbone.activation={activation!r} is not one of {', '.join(ACTIVATIONS)} (torch.nn's).")
@@ -18,7 +19,8 @@ class MLP(nn.Module):
         for size in hidden:
             layers += [nn.Linear(width, size), getattr(nn, activation)()]
             width = size
-        self.features = nn.Sequential(nn.Flatten(), *layers)
+        # flatten=false keeps the leading dimensions: a regressor applied to states [..., in_features].
+        self.features = nn.Sequential(*([nn.Flatten()] if flatten else []), *layers)
         self.head = nn.Linear(width, out_features) if out_features else nn.Identity()
         self.embedding_size = width
 
