@@ -52,6 +52,7 @@ bench: install-dev  ## engine and sampling benchmarks against learn2learn, MetaN
 	$(PY) benchmarks/bench_sampling.py --compile
 	$(PY) benchmarks/bench_metanet.py
 	$(PY) benchmarks/bench_threads.py
+	$(PY) benchmarks/bench_control.py
 	$(PY) benchmarks/bench_rl.py $(if $(wildcard $(L2L_RL)/maml_trpo.py),--l2l-examples $(L2L_RL) --peer-path build/peer-rl)
 
 # learn2learn's RL example runs only with gym 0.23.1 and cherry-rl 0.2.0: they live in their own folder, used by

@@ -53,7 +53,14 @@ class ControlSampler(TaskSampler):
         that trained on M = 10 (each M is a preset of its own)."""
         return [] if re.fullmatch(r"M\d+", name) else None
 
-    def __init__(self, data, trajectories: int = 10, seed: int = 0, gains=((1, 10, 10), (1, 1, 1), (1, 1, 10), (1, 10, 1)), device="cpu"):
+    def __init__(
+        self,
+        data,
+        trajectories: int = 10,
+        seed: int = 0,
+        gains=((1, 10, 10), (1, 1, 1), (1, 1, 10), (1, 10, 1)),
+        device="cpu",
+    ):
         at_least("sampler.trajectories", trajectories, 2, whole=True)
         self.gains = [tuple(float(g) for g in setting) for setting in gains]
         for setting in self.gains:
@@ -89,29 +96,22 @@ class ControlSampler(TaskSampler):
         reference = tuple(x[:count].to(self.device) for x in flights.reference)
         wind = flights.wind[:count].to(self.device)
         params = {k: v.detach() for k, v in self.params.items()}
-        features = self.algorithm.regressor(params)
-        settings = [(f"{l:g}/{k:g}/{g:g}", Gains.scaled(l, k, g)) for l, k, g in self.gains]
+        flights_to_fly = [(name, gains, self.algorithm.name, self.algorithm.regressor(params)) for name, gains in (
+            (f"{r:g}/{k:g}/{g:g}", Gains.scaled(r, k, g)) for r, k, g in self.gains)]  # fmt: skip
+        flights_to_fly += [(name, gains, "pid", integral_features) for name, gains, _, _ in flights_to_fly]
         learned = self.algorithm.learned_gains(params)
         if learned is not None:
-            settings.append(("learned", Gains(*(x.detach().cpu() for x in learned))))
-        rows, primary = [], None
+            flights_to_fly.append(("learned", learned, self.algorithm.name, self.algorithm.regressor(params)))
+        rows, errors = [], []
         with torch.no_grad():
-            for name, gains in settings:
+            for name, gains, method, regressor in flights_to_fly:
                 gains = Gains(*(x.to(self.device) for x in gains))
-                for method, regressor in ((self.algorithm.name, features), ("pid", integral_features)):
-                    if method == "pid" and name == "learned":
-                        continue
-                    flight = fly(reference, regressor, gains, lambda q, dq: wind_drag(q, dq, wind), flights.dt)
-                    error, effort = flight.rms_error().float().cpu(), flight.rms_control().float().cpu()
-                    mean, ci95 = mean_ci95(error.tolist())
-                    rows.append({"gains": name, "method": method, "mean": mean, "ci95": ci95,
-                                 "rms_control": effort.mean().item()})  # fmt: skip
-                    if primary is None:
-                        primary = error
-        return TestResult(primary, None, {"by_gains": rows, "references": count}, metric=CONTROL.metric)
-
-    def test_protocol(self) -> str:
-        return f"the adaptive controller flying the test references in the true wind, gains {self.gains[0]}"
+                flight = fly(reference, regressor, gains, lambda q, dq: wind_drag(q, dq, wind), flights.dt)
+                errors.append(flight.rms_error().float().cpu())
+                mean, ci95 = mean_ci95(errors[-1].tolist())
+                effort = flight.rms_control().float().mean().item()
+                rows.append({"gains": name, "method": method, "mean": mean, "ci95": ci95, "rms_control": effort})
+        return TestResult(errors[0], None, {"by_gains": rows, "references": count}, metric=CONTROL.metric)
 
 
 class TransitionSampler(ControlSampler):
@@ -147,8 +147,10 @@ class TransitionSampler(ControlSampler):
         self.held_x, self.held_y = x[:, cut:].to(self.device), y[:, cut:].to(self.device)
 
     def describe(self) -> str:
-        return (f"{self.trajectories} flights, one wind each: {self.shots} transitions (q, dq) -> f_ext fit, "
-                f"the loss on the rest; all flights per step when trainer.meta_batch >= {self.trajectories}")  # fmt: skip
+        return (
+            f"{self.trajectories} flights, one wind each: {self.shots} transitions (q, dq) -> f_ext fit, the loss "
+            f"on the rest; all flights per step when trainer.meta_batch >= {self.trajectories}"
+        )
 
     def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
         tasks = pool_draw(self.trajectories, meta_batch, generator).to(self.device)
@@ -183,7 +185,9 @@ def fit_ensemble(flights, epochs: int, generator: torch.Generator, l2: float = 1
     def losses(weights, rows):
         weights = unflatten(weights)
         state, target, held = x[:, rows], x_next[:, rows], u[:, rows]
-        q, dq = rk4_step(state[..., :3], state[..., 3:], held, lambda q, dq: network(weights, torch.cat([q, dq], -1)), flights.dt)
+        q, dq = rk4_step(
+            state[..., :3], state[..., 3:], held, lambda q, dq: network(weights, torch.cat([q, dq], -1)), flights.dt
+        )
         return (torch.cat([q, dq], -1) - target).square().sum((1, 2))
 
     held_out = torch.arange(cut, x.shape[1])
@@ -231,7 +235,9 @@ class ClosedLoopSampler(ControlSampler):
         generator, data = torch.Generator().manual_seed(self.seed), self.data
         key = (data.q.data_ptr(), self.seed, self.trajectories, self.ensemble_epochs)
         if key not in self.ensembles:
-            self.ensembles[key] = fit_ensemble(self.subsample(), self.ensemble_epochs, torch.Generator().manual_seed(self.seed))
+            self.ensembles[key] = fit_ensemble(
+                self.subsample(), self.ensemble_epochs, torch.Generator().manual_seed(self.seed)
+            )
         models = self.ensembles[key][torch.randperm(self.trajectories, generator=generator)]
         reference = torch.cat(spline_references(self.references, self.duration, data.dt, generator), -1).float()
         keep_models = max(1, int(self.train_fraction * self.trajectories))

@@ -10,11 +10,20 @@ ACTIVATIONS = ("ReLU", "Tanh", "ELU", "GELU", "SiLU", "Softplus")
 
 
 class MLP(nn.Module):
-    def __init__(self, out_features: int | None = 1, in_features: int = 1, hidden=(40, 40), activation: str = "ReLU",
-                 flatten: bool = True):
+    def __init__(
+        self,
+        out_features: int | None = 1,
+        in_features: int = 1,
+        hidden=(40, 40),
+        activation: str = "ReLU",
+        flatten: bool = True,
+        init_std: float | None = None,
+    ):
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise MetaexpError(f"backbone.activation={activation!r} is not one of {', '.join(ACTIVATIONS)} (torch.nn's).")
+            raise MetaexpError(
+                f"backbone.activation={activation!r} is not one of {', '.join(ACTIVATIONS)} (torch.nn's)."
+            )
         layers, width = [], in_features
         for size in hidden:
             layers += [nn.Linear(width, size), getattr(nn, activation)()]
@@ -22,6 +31,9 @@ class MLP(nn.Module):
         # flatten=false keeps the leading dimensions: a regressor applied to states [..., in_features].
         self.features = nn.Sequential(*([nn.Flatten()] if flatten else []), *layers)
         self.head = nn.Linear(width, out_features) if out_features else nn.Identity()
+        if init_std is not None:  # weights and biases from N(0, init_std^2), as Richards et al. 2021 (0.1)
+            for parameter in self.parameters():
+                nn.init.normal_(parameter, std=init_std)
         self.embedding_size = width
 
     def forward(self, x):

@@ -86,12 +86,16 @@ def random_splines(
     """`count` references of `duration` seconds: knots a random walk from the origin with steps uniform in
     +-`step` per axis, clipped to +-`bound`, at times proportional to the distances between them."""
     dtype = torch.float64
-    steps = (2 * torch.rand(count, knots - 1, len(orders), generator=generator, dtype=dtype) - 1)
-    walk = torch.cat([torch.zeros(count, 1, len(orders), dtype=dtype), (steps * torch.tensor(step, dtype=dtype)).cumsum(1)], 1)
+    steps = 2 * torch.rand(count, knots - 1, len(orders), generator=generator, dtype=dtype) - 1
+    walk = torch.cat(
+        [torch.zeros(count, 1, len(orders), dtype=dtype), (steps * torch.tensor(step, dtype=dtype)).cumsum(1)], 1
+    )
     limit = torch.tensor(bound, dtype=dtype)
     walk = torch.maximum(torch.minimum(walk, limit), -limit)
     lengths = walk.diff(dim=1).norm(dim=-1)
-    times = torch.cat([torch.zeros(count, 1, dtype=dtype), duration * lengths.cumsum(1) / lengths.sum(1, keepdim=True)], 1)
+    times = torch.cat(
+        [torch.zeros(count, 1, dtype=dtype), duration * lengths.cumsum(1) / lengths.sum(1, keepdim=True)], 1
+    )
     times[:, -1] = duration
     coefficients = tuple(min_snap(walk[..., a], times, orders[a], smooth[a]) for a in range(len(orders)))
     return Splines(times, coefficients)
@@ -101,7 +105,7 @@ def sample_splines(splines: Splines, t: torch.Tensor, clip=(math.inf, math.inf, 
     """(r, dr, ddr), each `[N, T, axes]` in float64, at times `t` `[T]`; an axis beyond +-`clip` is held
     there (with zero derivatives), as the authors clip the attitude reference."""
     pieces = splines.times.shape[1] - 1
-    index = (torch.searchsorted(splines.times.contiguous(), t.expand(len(splines.times), -1).contiguous()) - 1)
+    index = torch.searchsorted(splines.times.contiguous(), t.expand(len(splines.times), -1).contiguous()) - 1
     index = index.clamp(0, pieces - 1)  # [N, T]
     start = splines.times.gather(1, index)
     length = splines.times.gather(1, index + 1) - start
