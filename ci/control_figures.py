@@ -1,0 +1,110 @@
+"""The adaptive-control figures of docs/adaptive_control.md from the study's run directories
+(RUNS/seed<S>/<preset>/, as ci/rotorcraft_study.sh leaves them):
+
+- control_figure4.png: mean RMS tracking error against M under each gain setting (Lambda/K/Gamma), metaexp's
+  points (mean and std over the seeds run, from each run's best.pt report) beside the paper's (Richards et al.
+  2021, Figure 4, computed from the authors' committed test results: results/control/richards2021_figure4.json).
+- control_figure3.png: one test reference flown by PID, ACMRR and the control-oriented method (M = 10, seed 0,
+  gains I, 10 I, 10 I): the path in the plane and the tracking error over time, as the paper's Figure 3.
+
+Usage: python ci/control_figures.py RUNS [--out docs]"""
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from metaexp.api import load_run
+from metaexp.configs import compose
+from metaexp.components import build
+from metaexp.datasets.rotorcraft import Gains, fly, integral_features, wind_drag
+
+COLOURS = {"pid": "tab:gray", "acmrr": "tab:blue", "controloriented": "tab:red"}
+NAMES = {"pid": "PID", "acmrr": "ACMRR", "controloriented": "control-oriented"}
+
+
+def measured(runs: Path) -> dict:
+    """{(method, gains, M): [mean RMS error of each seed]} from the runs' best.pt reports."""
+    found = {}
+    for report in sorted(runs.glob("seed*/*_rotorcraft_m*/eval-test-*-best.json")):
+        data = json.loads(report.read_text())
+        m = int(data["settings"]["label"].removeprefix("M"))
+        for row in data["by_gains"]:
+            found.setdefault((row["method"], row["gains"], m), []).append(row["mean"])
+    return found
+
+
+def figure4(runs: Path, paper: dict, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    ours = measured(runs)
+    panels = ["1/10/10", "1/1/1", "1/1/10", "1/10/1", "learned"]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8), sharey=False)
+    for axis, gains in zip(axes, panels):
+        for method, colour in COLOURS.items():
+            rows = [r for r in paper["rows"] if r["method"] == method and r["gains"] == gains]
+            if rows:
+                axis.errorbar([r["M"] for r in rows], [r["mean"] for r in rows], [r["std"] for r in rows],
+                              color=colour, alpha=0.45, capsize=2, label=f"{NAMES[method]} (paper)")  # fmt: skip
+            points = sorted((m, v) for (meth, g, m), v in ours.items() if meth == method and g == gains)
+            if points:
+                axis.errorbar([m for m, _ in points], [statistics.fmean(v) for _, v in points],
+                              [statistics.pstdev(v) for _, v in points], color=colour, fmt="o", capsize=3,
+                              label=f"{NAMES[method]} (metaexp, {min(len(v) for _, v in points)}+ seeds)")  # fmt: skip
+        axis.set_title("learned gains" if gains == "learned" else f"Λ, K, Γ = {gains.replace('/', ', ')} × I")
+        axis.set_xlabel("M (training flights)")
+        axis.set_yscale("log")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("mean RMS tracking error")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=3, frameon=False)
+    figure.tight_layout(rect=(0, 0.14, 1, 1))
+    figure.savefig(out, dpi=110)
+
+
+def figure3(runs: Path, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    cfg = compose(["experiment=acmrr_rotorcraft_m10"])
+    test = build(cfg.dataset, "dataset").split("test")
+    reference = tuple(x[:1] for x in test.reference)
+    wind = test.wind[:1]
+    regressors = {"pid": integral_features}
+    for method, preset in (("acmrr", "acmrr_rotorcraft_m10"), ("controloriented", "control_oriented_rotorcraft_m10")):
+        loaded = load_run(runs / "seed0" / preset, checkpoint="best")
+        regressors[method] = loaded.algorithm.regressor(loaded.params)
+    figure, (plane, error) = plt.subplots(1, 2, figsize=(11, 4))
+    plane.plot(reference[0][0, :, 0], reference[0][0, :, 1], "k--", label="reference")
+    times = torch.arange(reference[0].shape[1]) * test.dt
+    with torch.no_grad():
+        for method, regressor in regressors.items():
+            flight = fly(reference, regressor, Gains.scaled(), lambda q, dq: wind_drag(q, dq, wind), test.dt)
+            plane.plot(flight.q[0, :, 0], flight.q[0, :, 1], color=COLOURS[method], label=NAMES[method])
+            gap = torch.cat([flight.q - flight.r, flight.dq - flight.dr], -1)[0].norm(dim=-1)
+            error.plot(times, gap, color=COLOURS[method], label=f"{NAMES[method]} (RMS {gap.square().mean().sqrt():.3f})")
+    plane.set_xlabel("x (m)")
+    plane.set_ylabel("y (m)")
+    plane.set_title(f"a test reference, wind {float(wind[0]):.1f} m/s")
+    plane.legend()
+    error.set_xlabel("t (s)")
+    error.set_ylabel("|(e, de)|")
+    error.set_yscale("log")
+    error.legend()
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("runs", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("docs"))
+    args = parser.parse_args()
+    paper = json.loads(Path("results/control/richards2021_figure4.json").read_text())
+    figure4(args.runs, paper, args.out / "control_figure4.png")
+    figure3(args.runs, args.out / "control_figure3.png")
+
+
+if __name__ == "__main__":
+    main()
