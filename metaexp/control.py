@@ -21,12 +21,26 @@ from typing import Callable
 
 import torch
 
-from metaexp.datasets.rotorcraft import SHAPES, Gains, fly, integral_features, network, rk4_step, unflatten, wind_drag
+from metaexp.datasets.rotorcraft import (
+    SHAPES,
+    Flights,
+    Gains,
+    fly,
+    integral_features,
+    network,
+    rk4_step,
+    unflatten,
+    wind_drag,
+)
 from metaexp.datasets.splines import spline_references
 from metaexp.errors import MetaexpError
 from metaexp.objectives import CONTROL, DISTURBANCE, mean_ci95
 from metaexp.samplers import TaskBatch, TaskSampler, TestResult, refuse_episode_files
 from metaexp.schema import at_least, within
+
+
+# The authors' four test gain settings (Lambda, K, Gamma), multiples of I; the first is a report's score.
+FOUR_GAINS = ((1, 10, 10), (1, 1, 1), (1, 1, 10), (1, 10, 1))
 
 
 def pool_draw(pool: int, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -58,7 +72,7 @@ class ControlSampler(TaskSampler):
         data,
         trajectories: int = 10,
         seed: int = 0,
-        gains=((1, 10, 10), (1, 1, 1), (1, 1, 10), (1, 10, 1)),
+        gains=FOUR_GAINS,
         device="cpu",
     ):
         at_least("sampler.trajectories", trajectories, 2, whole=True)
@@ -85,6 +99,12 @@ class ControlSampler(TaskSampler):
         return type(self.data)(*(x[chosen] if torch.is_tensor(x) else x for x in self.data))
 
     def bind(self, algorithm, params: dict, inner_steps) -> None:
+        if not (algorithm.flies or algorithm.adapts_models):
+            raise MetaexpError(
+                f"{type(algorithm).__name__} neither learns an adaptive controller's regressor nor adapts a model "
+                f"of the disturbance that the controller could fly with. Use algorithm=acmrr, control_oriented, "
+                f"maml, anil or metasgd on dataset=rotorcraft."
+            )
         self.algorithm, self.params = algorithm, params
 
     def test(self, score: Callable, options, dataset, generator: torch.Generator) -> TestResult:
@@ -96,64 +116,108 @@ class ControlSampler(TaskSampler):
         reference = tuple(x[:count].to(self.device) for x in flights.reference)
         wind = flights.wind[:count].to(self.device)
         params = {k: v.detach() for k, v in self.params.items()}
-        flights_to_fly = [(name, gains, self.algorithm.name, self.algorithm.regressor(params)) for name, gains in (
-            (f"{r:g}/{k:g}/{g:g}", Gains.scaled(r, k, g)) for r, k, g in self.gains)]  # fmt: skip
-        flights_to_fly += [(name, gains, "pid", integral_features) for name, gains, _, _ in flights_to_fly]
-        learned = self.algorithm.learned_gains(params)
+        method = type(self.algorithm).__name__.lower()
+        regressor, prior = self.controller_parts(params, reference, wind, flights.dt)
+        fixed = [(f"{r:g}/{k:g}/{g:g}", Gains.scaled(r, k, g)) for r, k, g in self.gains]
+        flights_to_fly = [(name, gains, method, regressor, prior) for name, gains in fixed]
+        flights_to_fly += [(name, gains, "pid", integral_features, None) for name, gains in fixed]
+        learned = self.algorithm.learned_gains(params) if self.algorithm.flies else None
         if learned is not None:
-            flights_to_fly.append(("learned", learned, self.algorithm.name, self.algorithm.regressor(params)))
+            flights_to_fly.append(("learned", learned, method, regressor, None))
         rows, errors = [], []
         with torch.no_grad():
-            for name, gains, method, regressor in flights_to_fly:
+            for name, gains, method, regressor, prior in flights_to_fly:
                 gains = Gains(*(x.to(self.device) for x in gains))
-                flight = fly(reference, regressor, gains, lambda q, dq: wind_drag(q, dq, wind), flights.dt)
+                flight = fly(reference, regressor, gains, lambda q, dq: wind_drag(q, dq, wind), flights.dt, prior=prior)
                 errors.append(flight.rms_error().float().cpu())
                 mean, ci95 = mean_ci95(errors[-1].tolist())
                 effort = flight.rms_control().float().mean().item()
                 rows.append({"gains": name, "method": method, "mean": mean, "ci95": ci95, "rms_control": effort})
         return TestResult(errors[0], None, {"by_gains": rows, "references": count}, metric=CONTROL.metric)
 
+    def controller_parts(self, params: dict, reference: tuple, wind: torch.Tensor, dt: float) -> tuple:
+        """(regressor y, prior model) the test flies with. A control algorithm supplies y. A few-shot regression
+        algorithm (MAML, ANIL, Meta-SGD) supplies a disturbance model instead: adapted, per test flight, on
+        the first `shots` transitions of a PID flight along the same reference in the same wind (recent
+        transitions of that wind), it is added to f_hat, and the integral term adapts on top of it."""
+        if self.algorithm.flies:
+            return self.algorithm.regressor(params), None
+        shots = self.shots  # a regression algorithm trains on sampler=transitions only
+        warm = fly(tuple(x[:, : shots + 1] for x in reference), integral_features, Gains.scaled(),
+                   lambda q, dq: wind_drag(q, dq, wind), dt)  # fmt: skip
+        recorded = Flights(warm.q, warm.dq, warm.u, wind, dt)
+        weights = torch.func.vmap(self.algorithm.adapted, in_dims=(None, 0, 0))(
+            params, recorded.states(), recorded.disturbance()
+        )
+        model = torch.func.vmap(self.algorithm.predict_adapted)
+        return integral_features, lambda q, dq: model(weights, torch.cat([q, dq], -1).unsqueeze(-2)).squeeze(-2)
+
 
 class TransitionSampler(ControlSampler):
-    """The regression view. A task is one of the M flights: `shots` transitions drawn at random from the
-    first `train_fraction` of its samples (shuffled in time) as support, and as query all of that part in
-    training, the rest in validation (the authors' ACMRR: 25% of the training samples fit the last layer,
-    the loss is on all of them)."""
+    """The regression view. A task is one of the M flights and its transitions (q, dq) -> f_ext. With no
+    `window` (the authors' ACMRR): `shots` transitions drawn at random from the first `train_fraction` of its
+    samples (shuffled in time) are the support set, and all of that part the query set in training, the rest
+    in validation. With a `window`: `shots` consecutive transitions from a random time are the support set and
+    the `window` after them the query set (recent transitions of a wind, then later ones), drawn within the
+    first `train_fraction` of each flight in training and the rest in validation."""
 
     view = "transitions"
     objective = DISTURBANCE
 
-    def __init__(self, data, trajectories: int = 10, seed: int = 0, shots: int = 562, train_fraction: float = 0.75,
-                 gains=((1, 10, 10), (1, 1, 1), (1, 1, 10), (1, 10, 1)), device="cpu"):  # fmt: skip
+    def __init__(
+        self,
+        data,
+        trajectories: int = 10,
+        seed: int = 0,
+        shots: int = 562,
+        train_fraction: float = 0.75,
+        window: int | None = None,
+        gains=FOUR_GAINS,
+        device="cpu",
+    ):
         super().__init__(data, trajectories, seed, gains, device)
         at_least("sampler.shots", shots, 1, whole=True)
         within("sampler.train_fraction", train_fraction, 0.01, 0.99)
-        self.shots, self.train_fraction = shots, train_fraction
+        if window is not None:
+            at_least("sampler.window", window, 1, whole=True)
+        self.shots, self.train_fraction, self.window = shots, train_fraction, window
         if self.test_split:
             return
         flights = self.subsample()
         x, y = flights.states(), flights.disturbance()
-        order = torch.stack([
-            torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(self.seed * 1000 + i))
-            for i in range(len(x))
-        ])  # fmt: skip
-        x, y = (t.gather(1, order.unsqueeze(-1).expand_as(t)) for t in (x, y))
+        if window is None:  # shuffled in time, once per flight
+            order = torch.stack([
+                torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(self.seed * 1000 + i))
+                for i in range(len(x))
+            ])  # fmt: skip
+            x, y = (t.gather(1, order.unsqueeze(-1).expand_as(t)) for t in (x, y))
         cut = int(train_fraction * x.shape[1])
-        if shots > cut:
+        needed = shots + (window or 0)
+        if needed > min(cut, x.shape[1] - cut if window else cut):
             raise MetaexpError(
-                f"sampler.shots={shots} but each flight has {cut} training transitions. Lower sampler.shots."
+                f"sampler.shots={shots}{f' + sampler.window={window}' if window else ''} transitions do not fit in "
+                f"a flight's {cut} training (or {x.shape[1] - cut} validation) transitions. Lower them, or raise "
+                f"dataset.duration."
             )
+        part = slice(None, cut) if data.part == "train" else slice(cut, None)
+        self.x, self.y = x[:, part].to(self.device), y[:, part].to(self.device)
         self.train_x, self.train_y = x[:, :cut].to(self.device), y[:, :cut].to(self.device)
-        self.held_x, self.held_y = x[:, cut:].to(self.device), y[:, cut:].to(self.device)
 
     def describe(self) -> str:
+        drawn = f"the {self.window} after them" if self.window else "the loss on the rest"
         return (
-            f"{self.trajectories} flights, one wind each: {self.shots} transitions (q, dq) -> f_ext fit, the loss "
-            f"on the rest; all flights per step when trainer.meta_batch >= {self.trajectories}"
+            f"{self.trajectories} flights, one wind each: {self.shots} transitions (q, dq) -> f_ext fit, {drawn}; "
+            f"all flights per step when trainer.meta_batch >= {self.trajectories}"
         )
 
     def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
         tasks = pool_draw(self.trajectories, meta_batch, generator).to(self.device)
+        if self.window:
+            span = self.shots + self.window
+            start = torch.randint(self.x.shape[1] - span + 1, (len(tasks), 1), generator=generator).to(self.device)
+            rows = start + torch.arange(span, device=self.device)
+            x, y = (t[tasks].gather(1, rows.unsqueeze(-1).expand(-1, -1, t.shape[-1])) for t in (self.x, self.y))
+            return TaskBatch(x[:, : self.shots], y[:, : self.shots], x[:, self.shots :], y[:, self.shots :])
         x, y = self.train_x[tasks], self.train_y[tasks]
         keys = torch.rand(x.shape[:2], generator=generator).to(self.device)
         support = keys.argsort(-1)[:, : self.shots]
@@ -161,7 +225,7 @@ class TransitionSampler(ControlSampler):
         sy = y.gather(1, support.unsqueeze(-1).expand(-1, -1, 3))
         if self.data.part == "train":
             return TaskBatch(sx, sy, x, y)
-        return TaskBatch(sx, sy, self.held_x[tasks], self.held_y[tasks])
+        return TaskBatch(sx, sy, self.x[tasks], self.y[tasks])
 
 
 def fit_ensemble(flights, epochs: int, generator: torch.Generator, l2: float = 1e-4, lr: float = 1e-2,
@@ -215,9 +279,18 @@ class ClosedLoopSampler(ControlSampler):
     view = "closed_loop"
     ensembles = {}  # fitted ensembles, per (flights, seed, M, epochs): the train and val samplers share one
 
-    def __init__(self, data, trajectories: int = 10, seed: int = 0, references: int = 10, duration: float = 5.0,
-                 train_fraction: float = 0.75, ensemble_epochs: int = 1000,
-                 gains=((1, 10, 10), (1, 1, 1), (1, 1, 10), (1, 10, 1)), device="cpu"):  # fmt: skip
+    def __init__(
+        self,
+        data,
+        trajectories: int = 10,
+        seed: int = 0,
+        references: int = 10,
+        duration: float = 5.0,
+        train_fraction: float = 0.75,
+        ensemble_epochs: int = 1000,
+        gains=FOUR_GAINS,
+        device="cpu",
+    ):
         super().__init__(data, trajectories, seed, gains, device)
         at_least("sampler.references", references, 2, whole=True)
         at_least("sampler.duration", duration, 0)

@@ -47,7 +47,7 @@ def test_preset_builds_its_data_set_backbone_and_algorithm(preset):
 
 
 def test_every_preset_is_listed():
-    assert len(PRESETS) == 54
+    assert len(PRESETS) == 63
 
 
 @pytest.mark.parametrize("setting", SETTINGS)

@@ -185,8 +185,8 @@ def test_acmrr_trains_on_transitions_and_its_features_fly(tmp_path):
 @pytest.mark.parametrize(
     "overrides, named",
     [
-        ([*TRANSITIONS, "algorithm=protonet"], "ProtoNet learns from support sets"),
-        ([*TRANSITIONS, "algorithm=maml"], "MAML learns from support sets"),
+        ([*TRANSITIONS, "algorithm=protonet"], "ProtoNet classifies by comparing embeddings"),
+        ([*SMALL_DATA, "sampler=closed_loop", "algorithm=maml"], "MAML learns from support sets"),
         ([*SMALL_DATA, "algorithm=acmrr", "sampler=closed_loop"], "ACMRR trains on sampler=transitions"),
         ([*TRANSITIONS, "algorithm=control_oriented"], "ControlOriented trains on sampler=closed_loop"),
         ([*TRANSITIONS, "algorithm=acmrr", "sampler.gains=[[1,0,10]]"], "sampler.gains has [1.0, 0.0, 10.0]"),
@@ -204,3 +204,39 @@ def test_what_cannot_fly_is_refused_before_anything_runs(cli, tmp_path, override
 def test_a_classification_algorithm_is_refused_on_control_tasks_and_control_algorithms_elsewhere(cli, tmp_path):
     result = cli("train", "algorithm=acmrr", f"hydra.run.dir={tmp_path / 'run'}")  # the sinusoid's regression
     assert result.returncode != 0 and "ACMRR learns an adaptive controller" in result.stdout + result.stderr
+
+
+def test_windows_of_transitions_are_consecutive_and_their_queries_follow():
+    from metaexp.control import TransitionSampler
+
+    data = RotorcraftWind(trajectories=3, duration=4.0, test_references=2, test_duration=1.0)
+    sampler = TransitionSampler(data.split("train"), trajectories=3, seed=1, shots=20, window=10)
+    flights = sampler.subsample()
+    states = flights.states()
+    batch = sampler.sample(3, torch.Generator().manual_seed(0))
+    assert batch.support_x.shape == (3, 20, 6) and batch.query_x.shape == (3, 10, 6)
+    cut = int(0.75 * states.shape[1])
+    for task in range(3):
+        rows = torch.cat([batch.support_x[task], batch.query_x[task]])
+        start = int((states[task] == rows[0]).all(-1).nonzero()[0])
+        assert start + 30 <= cut  # training windows stay in the first 75% of the flight
+        torch.testing.assert_close(rows, states[task, start : start + 30])
+    val = TransitionSampler(data.split("val"), trajectories=3, seed=1, shots=20, window=10)
+    first = val.sample(3, torch.Generator().manual_seed(0)).support_x[0, 0]
+    assert int((states[0] == first).all(-1).nonzero()[0]) >= cut  # validation windows in the rest
+
+
+def test_maml_adapts_a_disturbance_model_that_the_controller_flies_with(tmp_path):
+    run = tmp_path / "maml"
+    overrides = [*SMALL_DATA, "algorithm=maml", "backbone=disturbance", "sampler.shots=20", "sampler.window=10",
+                 "trainer.steps=2", "trainer.meta_batch=4", "trainer.val_every=2", "trainer.val_tasks=4"]  # fmt: skip
+    trained = run_inline("train", *overrides, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    tested = run_inline("eval", f"checkpoint={run}", "trainer.device=cpu", "sampler.gains=[[1,10,10]]", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    (report_file,) = run.glob("eval-test-M4-*.json")
+    rows = json.loads(report_file.read_text())["by_gains"]
+    assert [(r["gains"], r["method"]) for r in rows] == [("1/10/10", "maml"), ("1/10/10", "pid")]
+    assert rows[0]["mean"] != rows[1]["mean"]  # the adapted model changed the flights
+    refused = run_inline("train", *overrides, "algorithm=reptile", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert refused.returncode != 0 and "Reptile neither learns" in refused.stdout + refused.stderr

@@ -14,9 +14,11 @@ class ANIL(MAML):
         support_z, query_z = embed(self.model, params, support_x), embed(self.model, params, query_x)
         return super().task_loss(params, support_z, support_y, query_z, query_y, step)
 
-    def adapt(self, params: dict, support_x, support_y):
-        predict_from_embedding = super().adapt(params, embed(self.model, params, support_x), support_y)
-        return lambda query_x: predict_from_embedding(embed(self.model, params, query_x))
+    def adapted(self, params: dict, support_x, support_y) -> dict:
+        return super().adapted(params, embed(self.model, params, support_x), support_y)
+
+    def predict_adapted(self, weights: dict, x):
+        return head(self.model, weights, embed(self.model, weights, x))
 
     def forward(self, fast: dict, z):
         return head(self.model, fast, z)

@@ -56,6 +56,10 @@ class Algorithm:
     # True where the algorithm learns an adaptive controller's regressor (`ControlAlgorithm`): the only kind that
     # adaptive-control task families take, and the only tasks it takes. `view` names the sampler it trains on.
     flies = False
+    # True where `adapted(params, support_x, support_y)` returns the adapted weights as a dict and
+    # `predict_adapted(weights, x)` predicts with them (the gradient-based methods): a control test adapts a
+    # disturbance model once per flight through them.
+    adapts_models = False
 
     def __init__(self, model: nn.Module, objective: Objective):
         self.model, self.objective = model, objective
@@ -78,12 +82,12 @@ class Algorithm:
     @classmethod
     def check_objective(cls, objective: Objective) -> None:
         """Refuse tasks this algorithm cannot learn (a class-level check: the CLI runs it before building)."""
-        if (objective in (CONTROL, DISTURBANCE)) != cls.flies:
+        if (objective is CONTROL and not cls.flies) or (cls.flies and objective not in (CONTROL, DISTURBANCE)):
             raise MetaexpError(
                 f"{cls.__name__} learns {'an adaptive controller' if cls.flies else 'from support sets'} and the "
-                f"tasks are {objective.task}. Adaptive control (dataset=rotorcraft) takes algorithm=acmrr "
-                f"(sampler=transitions) or algorithm=control_oriented (sampler=closed_loop); "
-                f"{'pick one of those' if not cls.flies else 'those algorithms take no other task family'}."
+                f"tasks are {objective.task} ({objective.metric}). Closed-loop tasks (sampler=closed_loop) take "
+                f"algorithm=control_oriented; the transitions of dataset=rotorcraft (sampler=transitions) take "
+                f"acmrr, maml, anil or metasgd; acmrr and control_oriented take no other task family."
             )
         if cls.classification_only and objective is not CLASSIFICATION:
             raise MetaexpError(

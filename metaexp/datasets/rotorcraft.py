@@ -110,36 +110,43 @@ def control(q, dq, r, dr, ddr, f_hat, gains: Gains) -> tuple:
     return matvec(actuation(q[..., 2]).transpose(-1, -2), tau), s  # B^-1 = B^T
 
 
-def closed_loop_step(q, dq, u, estimate, rate, r, dr, ddr, features, gains: Gains, disturbance, dt, substeps=1):
+def closed_loop_step(
+    q, dq, u, estimate, rate, r, dr, ddr, features, gains: Gains, disturbance, dt, substeps=1, prior=None
+):  # fmt: skip
     """One control step: the plant flies `dt` under the held `u` (`substeps` RK4 steps), the adaptation law
     integrates dA = Gamma s y^T by the trapezoidal rule, and the controller sets the next `u` from the
-    reference `(r, dr, ddr)` at the new time. Returns (q, dq, u, A, dA, e, de)."""
+    reference `(r, dr, ddr)` at the new time, with f_hat = A y + prior(q, dq) (a model adapted beforehand, or
+    none). Returns (q, dq, u, A, dA, e, de)."""
     for _ in range(substeps):
         q, dq = rk4_step(q, dq, u, disturbance, dt / substeps)
     y = features(q, dq)
     e, de = q - r, dq - dr
     new_rate = (gains.adaptation @ (de + matvec(gains.rate, e)).unsqueeze(-1)) * y.unsqueeze(-2)
     estimate = estimate + dt * (rate + new_rate) / 2
-    u, _ = control(q, dq, r, dr, ddr, matvec(estimate, y), gains)
+    f_hat = matvec(estimate, y) + (prior(q, dq) if prior else 0)
+    u, _ = control(q, dq, r, dr, ddr, f_hat, gains)
     return q, dq, u, estimate, new_rate, e, de
 
 
 def fly(
     reference: tuple, features: Callable, gains: Gains, disturbance: Callable, dt: float, substeps: int = 1,
-    advance: Callable | None = None,
+    advance: Callable | None = None, prior: Callable | None = None,
 ) -> Flight:  # fmt: skip
     """Fly the references `(r, dr, ddr)`, each `[..., T, 3]` at control steps `dt`, from rest on them, with
     `f_hat = A y(q, dq)` and `features(q, dq) -> y [..., p]`; `disturbance(q, dq)` is the true f_ext. The plant
-    takes `substeps` RK4 steps per control step (to measure the integrator's error). `advance(q, dq, u, A, dA,
-    r, dr, ddr)` is `closed_loop_step` with the rest bound, or a function that computes the same (compiled)."""
+    takes `substeps` RK4 steps per control step (to measure the integrator's error). `prior(q, dq)`, where
+    given, is added to f_hat. `advance(q, dq, u, A, dA, r, dr, ddr)` is `closed_loop_step` with the rest bound,
+    or a function that computes the same (compiled)."""
     advance = advance or partial(
-        closed_loop_step, features=features, gains=gains, disturbance=disturbance, dt=dt, substeps=substeps
-    )
+        closed_loop_step, features=features, gains=gains, disturbance=disturbance, dt=dt, substeps=substeps,
+        prior=prior,
+    )  # fmt: skip
     r, dr, ddr = reference
     q, dq = r[..., 0, :], dr[..., 0, :]
     y = features(q, dq)
     estimate = q.new_zeros(*q.shape, y.shape[-1])  # A
-    u, s = control(q, dq, r[..., 0, :], dr[..., 0, :], ddr[..., 0, :], matvec(estimate, y), gains)
+    f_hat = matvec(estimate, y) + (prior(q, dq) if prior else 0)
+    u, s = control(q, dq, r[..., 0, :], dr[..., 0, :], ddr[..., 0, :], f_hat, gains)
     rate = (gains.adaptation @ s.unsqueeze(-1)) * y.unsqueeze(-2)  # dA = Gamma s y^T
     path = [(q, dq, u)]
     for t in range(1, r.shape[-2]):
@@ -174,7 +181,7 @@ def integral_features(q: torch.Tensor, dq: torch.Tensor) -> torch.Tensor:
 
 
 def no_features(q: torch.Tensor, dq: torch.Tensor) -> torch.Tensor:
-    """The PID baseline's regressor: nothing to adapt (f_hat = 0)."""
+    """Feedback alone: nothing to adapt (f_hat = 0)."""
     return q.new_zeros(*q.shape[:-1], 1)
 
 
