@@ -1,5 +1,6 @@
-"""The adaptive-control figures of docs/adaptive_control.md from the study's run directories
-(RUNS/seed<S>/<preset>/, as ci/rotorcraft_study.sh leaves them):
+"""The adaptive-control figures of docs/adaptive_control.md, from the run records of the study
+(ci/rotorcraft_study.sh; committed under results/records/ for seed 0 and results/control/records/seed<S>/ for
+the others) and, for the flights, the seed-0 runs' checkpoints (RUNS/seed0/<preset>/):
 
 - control_figure4.png: mean RMS tracking error against M under each gain setting (Lambda/K/Gamma), metaexp's
   points (mean and std over the seeds run, from each run's best.pt report) beside the paper's (Richards et al.
@@ -7,7 +8,7 @@
 - control_figure3.png: one test reference flown by PID, ACMRR and the control-oriented method (M = 10, seed 0,
   gains I, 10 I, 10 I): the path in the plane and the tracking error over time, as the paper's Figure 3.
 
-Usage: python ci/control_figures.py RUNS [--out docs]"""
+Usage: python ci/control_figures.py RUNS [--records results/records results/control/records] [--out docs]"""
 
 import argparse
 import json
@@ -21,14 +22,16 @@ from metaexp.configs import compose
 from metaexp.components import build
 from metaexp.datasets.rotorcraft import Gains, fly, integral_features, wind_drag
 
-COLOURS = {"pid": "tab:gray", "acmrr": "tab:blue", "controloriented": "tab:red"}
-NAMES = {"pid": "PID", "acmrr": "ACMRR", "controloriented": "control-oriented"}
+COLOURS = {"pid": "tab:gray", "acmrr": "tab:blue", "controloriented": "tab:red", "maml": "tab:green",
+           "anil": "tab:olive", "metasgd": "tab:purple"}  # fmt: skip
+NAMES = {"pid": "PID", "acmrr": "ACMRR", "controloriented": "control-oriented", "maml": "MAML", "anil": "ANIL",
+         "metasgd": "Meta-SGD"}  # fmt: skip
 
 
-def measured(runs: Path) -> dict:
-    """{(method, gains, M): [mean RMS error of each seed]} from the runs' best.pt reports."""
+def measured(folders: list) -> dict:
+    """{(method, gains, M): [mean RMS error of each seed]} from the records' best.pt reports."""
     found = {}
-    for report in sorted(runs.glob("seed*/*_rotorcraft_m*/eval-test-*-best.json")):
+    for report in sorted(r for folder in folders for r in folder.glob("**/*_rotorcraft_m*/eval-test-M*-best.json")):
         data = json.loads(report.read_text())
         m = int(data["settings"]["label"].removeprefix("M"))
         for row in data["by_gains"]:
@@ -36,10 +39,10 @@ def measured(runs: Path) -> dict:
     return found
 
 
-def figure4(runs: Path, paper: dict, out: Path) -> None:
+def figure4(folders: list, paper: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
-    ours = measured(runs)
+    ours = measured(folders)
     panels = ["1/10/10", "1/1/1", "1/1/10", "1/10/1", "learned"]
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8), sharey=False)
     for axis, gains in zip(axes, panels):
@@ -83,7 +86,9 @@ def figure3(runs: Path, out: Path) -> None:
             flight = fly(reference, regressor, Gains.scaled(), lambda q, dq: wind_drag(q, dq, wind), test.dt)
             plane.plot(flight.q[0, :, 0], flight.q[0, :, 1], color=COLOURS[method], label=NAMES[method])
             gap = torch.cat([flight.q - flight.r, flight.dq - flight.dr], -1)[0].norm(dim=-1)
-            error.plot(times, gap, color=COLOURS[method], label=f"{NAMES[method]} (RMS {gap.square().mean().sqrt():.3f})")
+            error.plot(
+                times, gap, color=COLOURS[method], label=f"{NAMES[method]} (RMS {gap.square().mean().sqrt():.3f})"
+            )
     plane.set_xlabel("x (m)")
     plane.set_ylabel("y (m)")
     plane.set_title(f"a test reference, wind {float(wind[0]):.1f} m/s")
@@ -96,13 +101,33 @@ def figure3(runs: Path, out: Path) -> None:
     figure.savefig(out, dpi=110)
 
 
+def table(folders: list, paper: dict) -> str:
+    """Markdown: per gain setting, method and M, metaexp's mean +- std over seeds (n) beside the paper's."""
+    ours = measured(folders)
+    theirs = {(r["method"], r["gains"], r["M"]): r for r in paper["rows"]}
+    lines = ["| gains (Λ/K/Γ) | method | M | metaexp: mean ± std (seeds) | paper: mean ± std (10 seeds) |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for (method, gains, m), values in sorted(
+        ours.items(), key=lambda kv: (kv[0][1] != "1/10/10", kv[0][1], kv[0][0], kv[0][2])
+    ):
+        mine = f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f} ({len(values)})"
+        paper_row = theirs.get((method, gains, m))
+        published = f"{paper_row['mean']:.3f} ± {paper_row['std']:.3f}" if paper_row else "none published"
+        lines.append(f"| {gains} | {NAMES[method]} | {m} | {mine} | {published} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("runs", type=Path)
+    parser.add_argument(
+        "--records", type=Path, nargs="*", default=[Path("results/records"), Path("results/control/records")]
+    )
     parser.add_argument("--out", type=Path, default=Path("docs"))
     args = parser.parse_args()
     paper = json.loads(Path("results/control/richards2021_figure4.json").read_text())
-    figure4(args.runs, paper, args.out / "control_figure4.png")
+    print(table(args.records, paper))
+    figure4(args.records, paper, args.out / "control_figure4.png")
     figure3(args.runs, args.out / "control_figure3.png")
 
 

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Richards et al. 2021's Figure 4 study on this machine: for each seed, M = 2, 10, 50 (M = 50 for the first
-# three seeds only), ACMRR and the control-oriented method, each preset trained and evaluated by
+# three seeds only), ACMRR, the control-oriented method, MAML, ANIL and Meta-SGD, each preset trained and evaluated by
 # `metaexp reproduce` and its best.pt evaluated too; then the figures. One thread per run.
 # Usage: ci/rotorcraft_study.sh OUT [SEEDS...]   (default seeds 0..9; OUT/runs, OUT/records)
 set -u
@@ -10,12 +10,13 @@ export OMP_NUM_THREADS=1
 for s in $seeds; do
   for m in 2 10 50; do
     if [ "$s" -ge 3 ] && [ "$m" = 50 ]; then continue; fi
-    for method in acmrr control_oriented; do
+    for method in acmrr control_oriented maml anil metasgd; do
       preset=${method}_rotorcraft_m$m
       echo "=== $(date +%T) seed $s M $m $method"
       python -m metaexp reproduce "$preset" --device cpu --minutes 600 --set "seed=$s" \
         --runs "$out/runs/seed$s" --records "$out/records/seed$s" --page "$out/page-seed$s.md" || continue
-      python -m metaexp eval "checkpoint=$out/runs/seed$s/$preset/checkpoints/best.pt" trainer.device=cpu
+      python -m metaexp eval "checkpoint=$out/runs/seed$s/$preset/checkpoints/best.pt" trainer.device=cpu &&
+        cp "$out/runs/seed$s/$preset"/eval-*-best.json "$out/records/seed$s/$preset/"
     done
   done
 done

@@ -306,7 +306,8 @@ class ClosedLoopSampler(ControlSampler):
         """(models `[m, P]`, references `[k, T, 9]`) of this split, made at the first draw (fitting the ensemble
         takes minutes: a run refused for its other settings does not wait for it)."""
         generator, data = torch.Generator().manual_seed(self.seed), self.data
-        key = (data.q.data_ptr(), self.seed, self.trajectories, self.ensemble_epochs)
+        # The flights' winds and shape name the data set (an address could be reused by another one).
+        key = (tuple(data.wind.tolist()), tuple(data.q.shape), self.seed, self.trajectories, self.ensemble_epochs)
         if key not in self.ensembles:
             self.ensembles[key] = fit_ensemble(
                 self.subsample(), self.ensemble_epochs, torch.Generator().manual_seed(self.seed)

@@ -172,6 +172,10 @@ class ControlAlgorithm(Algorithm):
         """The (Lambda, K, Gamma) this algorithm learned, or None where it learns none."""
         return None
 
+    def penalty(self, params: dict) -> torch.Tensor:
+        """The squared norm of the regressor's weights (not of the learned gains)."""
+        return sum(w.square().sum() for k, w in params.items() if not k.startswith("meta."))
+
 
 def sgd(loss, weights: dict, rate, steps: int, first_order: bool = False):
     """The inner loop: `steps` plain gradient steps on `loss(weights)`, `rate(name, i)` the step size of weight

@@ -25,9 +25,9 @@ def positive_definite(free: torch.Tensor) -> torch.Tensor:
 
 class ControlOriented(ControlAlgorithm):
     """`learn_gains`: meta-train (Lambda, K, Gamma) too, from I (the authors' "ours (meta)"); otherwise fly
-    training with `gains` (Lambda, K, Gamma multiples of I). `control` weighs the control effort and `l2` the
-    features' squared weights, per unit of the time-averaged cost (the authors: 1e-3, and 1e-4 per seconds x
-    pairs of the meta-batch, which is 1e-4 / (5 x 49) at M = 10). `dt` is the data set's control step; `compile`
+    training with `gains` (Lambda, K, Gamma multiples of I). `control` weighs the control effort against the
+    time-averaged tracking error, and `l2` the features' squared weights per second flown by the meta-batch's
+    tasks together (the authors: 1e-3 and 1e-4). `dt` is the data set's control step; `compile`
     compiles one control step (about 6x faster on a CPU, once compiled)."""
 
     view = "closed_loop"
@@ -66,16 +66,17 @@ class ControlOriented(ControlAlgorithm):
         errors = torch.cat([flight.q - flight.r, flight.dq - flight.dr], -1).square().sum(-1)
         return errors.mean(-1), flight.u.square().sum(-1).mean(-1), errors.mean(-1).sqrt()
 
-    def penalty(self, params: dict) -> torch.Tensor:
-        return sum(w.square().sum() for k, w in params.items() if not k.startswith("meta."))
-
     def task_loss(self, params, support_x, support_y, query_x, query_y, step):
         tracking, effort, rms = self.flight_cost(params, support_x, query_x)
-        return tracking + self.control * effort + self.l2 * self.penalty(params), tracking, rms
+        duration = query_x.shape[-2] * self.dt
+        return tracking + self.control * effort + self.l2 * self.penalty(params) / duration, tracking, rms
 
     def meta_loss(self, params: dict, batch, step: int | None = 0, chunk: int | None = None):
-        """The mean of `task_loss` over the meta-batch, flown together: the simulation is batched over its
-        leading dimensions, one tensor op per step for all tasks (a vmap of 500 steps is several times slower)."""
+        """The meta-batch flown together: the simulation is batched over its leading dimensions, one tensor op
+        per step for all tasks (a vmap of 500 steps is several times slower). The flights' costs are averaged;
+        the weights' penalty is added once and divided, as the authors', by the seconds flown per task times
+        the tasks (so a meta-batch of one is `task_loss`)."""
         tracking, effort, rms = self.flight_cost(params, batch.support_x, batch.query_x)
-        outer = (tracking + self.control * effort).mean() + self.l2 * self.penalty(params)
+        duration = batch.query_x.shape[-2] * self.dt
+        outer = (tracking + self.control * effort).mean() + self.l2 * self.penalty(params) / (duration * len(batch))
         return outer, tracking.detach(), rms.detach()
