@@ -44,7 +44,8 @@ status=$?
 if [ $status -ne 0 ] && [ $status -ne 5 ]; then echo "== the CUDA tests failed ($status): nothing else runs"; exit 1; fi
 
 echo "== 2. benchmarks on $device"
-bench() { timeout $(( $(left) / 6 )) "$python" "$@" || echo "== $1 did not finish ($?)"; }
+# A sixth of what is left per benchmark, and never under two minutes (a loaded machine starts Python slowly).
+bench() { timeout $(( $(left) / 6 > 120 ? $(left) / 6 : 120 )) "$python" "$@" || echo "== $1 did not finish ($?)"; }
 if [ -n "$quick" ]; then  # the dry run: metaexp's engine measured once, in one process
     bench benchmarks/bench_engine.py --one metaexp a --device "$device" --seconds 0.5
 else
