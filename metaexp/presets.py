@@ -16,14 +16,14 @@ from metaexp.version import __version__
 def preset_tables() -> tuple:
     """Each conf/experiment preset's published figures, keyed by test setting (e.g. {"5w1s": 0.988}; None where
     the paper gives no figure for a setting the preset is tested in), and its full schedule: (tasks, work per
-    task), the work being examples per task times passes over them (inner steps plus the query pass).
+    task, steps), the work being examples per task times passes over them (inner steps plus the query pass).
 
     Composing every preset takes seconds, so the answer is kept in the user's cache under a hash of every
     config file: a changed config composes afresh."""
     from metaexp.configs import config_dir
 
     conf = Path(config_dir())
-    digest = hashlib.sha256(f"{__version__} tables/2".encode())  # tables/2: named by the task families
+    digest = hashlib.sha256(f"{__version__} tables/3".encode())  # tables/3: with the steps
     for path in sorted(conf.rglob("*.yaml")):
         digest.update(f"{path.relative_to(conf)}\0".encode() + path.read_bytes() + b"\0")
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "metaexp"
@@ -52,7 +52,7 @@ def composed_preset_tables(conf: Path) -> tuple:
             s = cfg.sampler
             examples = s.get("trajectories") or s.get("ways", 1) * (s.get("shots", 0) + s.get("queries", 0))
             passes = 1 + (cfg.algorithm.get("inner_steps") or 0)
-            tasks[path.stem] = (cfg.trainer.steps * cfg.trainer.meta_batch, examples * passes)
+            tasks[path.stem] = (cfg.trainer.steps * cfg.trainer.meta_batch, examples * passes, cfg.trainer.steps)
             published = cfg.test.get("published")
             table = OmegaConf.to_container(published) if published else {}
             # The preset's own test setting, as its task family names it: the figures it inherits for other

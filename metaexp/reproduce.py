@@ -36,6 +36,7 @@ from metaexp.errors import MetaexpError
 from metaexp.files import current_umask, replacing
 
 TABLE_START, TABLE_END = "<!-- metaexp reproduce: table -->", "<!-- /metaexp reproduce: table -->"
+PRESETS_START, PRESETS_END = "<!-- metaexp reproduce: presets -->", "<!-- /metaexp reproduce: presets -->"
 RECORD = ("metrics.jsonl", "machine.json", "task.json", ".hydra")
 
 
@@ -110,20 +111,26 @@ def held(lock: Path, what: str, wait: bool = False):
         yield
 
 
+def between(text: str, start: str, end: str, table: str) -> str:
+    """`text` with `table` between the markers `start` and `end` (appended at its end with them the first time)."""
+    block = f"{start}\n{table.strip()}\n{end}"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        return before + block + rest.split(end, 1)[1]
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
 def regenerate(page: Path, folders: list) -> None:
-    """Replace the table between the markers of `page` (appended at its end the first time) and redraw the
+    """Replace the presets' table and the runs' table between their markers of `page` (appended at its end the
+    first time) and redraw the
     learning curves beside it (`results_curves.png`), as `metaexp summarize` would (a record it cannot read is
     named, not dropped in silence); each file is replaced whole or not at all."""
     from metaexp import plots, summarize
 
     records = summarize.table_records(folders, grouped=False, presets=True)
-    table = f"{TABLE_START}\n{summarize.markdown(records).strip()}\n{TABLE_END}"
     text = page.read_text() if page.is_file() else "# Results measured by metaexp\n"
-    if TABLE_START in text and TABLE_END in text:
-        before, rest = text.split(TABLE_START, 1)
-        text = before + table + rest.split(TABLE_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + table + "\n"
+    text = between(text, PRESETS_START, PRESETS_END, summarize.preset_markdown(records))
+    text = between(text, TABLE_START, TABLE_END, summarize.markdown(records))
     plots.plot(records, page.with_name("results_curves.png"), grouped=False)
     with replacing(page, "w") as file:
         file.write(text)

@@ -19,7 +19,7 @@ from rich.table import Table
 from metaexp.errors import MetaexpError
 from metaexp.logs import console
 from metaexp.plots import plot
-from metaexp.presets import attach_published, preset_records, preset_tables
+from metaexp.presets import attach_published, preset_records, preset_tables, runs_preset
 from metaexp.records import label_runs, read_records
 
 # (display heading, record field) of the table; CSV and JSON use the field names and plain numbers.
@@ -129,6 +129,30 @@ def cells(r) -> list:
     if r.test_mean is not None:
         shown["test_mean"] = f"{r.test_mean:.4f} ± {r.test_ci95:.4f}"
     return [shown[field] for _, field in COLUMNS]
+
+
+def preset_markdown(records: list) -> str:
+    """The table a reviewer reads first: one row per preset and test setting, from its longest recorded run as
+    published (or `not yet run`): measured mean and 95% interval, the paper's figure, the steps run of the
+    preset's schedule, the machine and the status."""
+    tables, tasks = preset_tables()
+    chosen = {}
+    for r in records:
+        if r.preset in tasks and r.test and (r.n_seeds == 0 or (r.test_mean is not None and runs_preset(r, tables))):
+            key = (r.preset, r.test)
+            if key not in chosen or (r.steps, r.test_mean is not None) > (chosen[key].steps, True):
+                chosen[key] = r
+    lines = [
+        "| preset | setting | measured | published | steps run | machine | status |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (preset, test), r in sorted(chosen.items()):
+        measured = f"{r.test_mean:.4f} ± {r.test_ci95:.4f}" if r.test_mean is not None else ""
+        published = "" if r.published is None else f"{r.published:.4g}"
+        steps = f"{r.steps:,} of {tasks[preset][2]:,}" if r.test_mean is not None else f"0 of {tasks[preset][2]:,}"
+        status = r.status.split(";")[0]
+        lines.append(f"| {preset} | {test} | {measured} | {published} | {steps} | {r.machine or ''} | {status} |")
+    return "\n".join(lines) + "\n"
 
 
 def table_records(paths: list, grouped: bool, presets: bool) -> list:
