@@ -17,6 +17,7 @@ def plot(records: list, path: Path, grouped: bool) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from cycler import cycler
     from matplotlib.ticker import MaxNLocator
 
     protocols = sorted({r.protocol for r in records if r.metric and r.val_curve})
@@ -24,7 +25,7 @@ def plot(records: list, path: Path, grouped: bool) -> None:
         raise MetaexpError("None of these runs has validation metrics to plot yet.")
     columns = min(3, len(protocols))
     rows = math.ceil(len(protocols) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(7 * columns, 5.5 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(7 * columns, 8 * rows), squeeze=False)
     for axis in axes.flat[len(protocols) :]:
         axis.set_visible(False)
     for axis, name in zip(axes.flat, protocols):
@@ -32,7 +33,11 @@ def plot(records: list, path: Path, grouped: bool) -> None:
         # One line per run (per config when grouped): a run's evaluations in several settings share its curve.
         panel = list({r.label: r for r in panel}.values())
         names = [r.label for r in panel] if grouped else [" ".join(p) for p in differing(panel, BOOKKEEPING)]
+        # Twenty colours, then the same with dashes: no two lines of a panel look alike.
+        colours = plt.get_cmap("tab20").colors
+        axis.set_prop_cycle(cycler(linestyle=["-", "--", ":"]) * cycler(color=colours))
         for r, label in zip(panel, names):
+            label = f"{r.algorithm} {label}".strip()
             curves = [c for c in (r.val_curves if grouped else [r.val_curve]) if c]
             steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
             values = [[dict(c)[s] for c in curves] for s in steps]
@@ -49,9 +54,9 @@ def plot(records: list, path: Path, grouped: bool) -> None:
             axis.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
         axis.set_xlabel("meta-training step")
         axis.set_ylabel(f"validation {name.split(',')[0]}")
-        axis.set_title(f"validation: {name}" + (" (mean; band: min-max over seeds)" if grouped else ""))
+        axis.set_title(f"validation: {name}" + (" (mean; band: min-max over seeds)" if grouped else ""), fontsize=10)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)  # below
     figure.tight_layout()
     with replacing(path) as file:  # a full disk leaves the old picture, never a cut one
         figure.savefig(file, format="png", dpi=110, bbox_inches="tight")

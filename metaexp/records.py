@@ -24,7 +24,8 @@ class Record:
     overrides: list = field(default_factory=list)
     metric: str | None = None
     higher_is_better: bool | None = None
-    protocol: str | None = None  # the validation protocol (metric and training setting): curves of one compare
+    protocol: str | None = None  # the validation protocol (task family, metric, setting): curves of one compare
+    algorithm: str = ""  # the algorithm's class name, which names a learning curve
     val_curve: list = field(default_factory=list)  # (step, value) of the validation rows
     val_curves: list | None = None  # one val_curve per seed, for a config averaged over seeds
     test: str | None = None  # the test setting's name (`5w1s`, `return_1steps`)
@@ -129,6 +130,11 @@ def task(run: Path) -> dict:
     return described
 
 
+def component(config: dict, group: str) -> str:
+    """The class name a run's config instantiates for `group` (`Omniglot`, `MAML`)."""
+    return str((config.get(group) or {}).get("_target_", "")).rsplit(".", 1)[-1]
+
+
 def describe(run: Path) -> list:
     """One Record per evaluation of a run (at least one, with the test fields empty)."""
     config, overrides, rows = read_run(run)
@@ -149,7 +155,8 @@ def describe(run: Path) -> list:
         preset=next((o.partition("=")[2] for o in overrides if o.startswith("experiment=")), None),
         metric=metric,
         higher_is_better=higher,
-        protocol=f"{metric}, {family['setting']}",
+        protocol=f"{component(config, 'dataset')}: {metric}, {family['setting']}",
+        algorithm=component(config, "algorithm"),
         val_curve=[(r["step"], r[metric]) for r in val],
         best_val=(max if higher else min)(r[metric] for r in val) if val else None,
         final_val=val[-1][metric] if val else None,
