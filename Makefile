@@ -8,7 +8,7 @@ PINS   := -c constraints.txt
 RUN    := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: help install install-dev peer-rl train test test-fast lint bench wheel-check reproduce results gpu-check gpu-import clean
+.PHONY: help install install-dev peer-rl train test test-fast lint bench docs wheel-check reproduce results gpu-check gpu-import clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ $(RUN): pyproject.toml constraints.txt Makefile
 install-dev: $(DEV)  ## install, plus pytest, ruff and the learn2learn peer the tests and benchmarks compare against
 
 $(DEV): $(RUN)
-	$(PIP) install -q $(PINS) cython numpy pytest ruff
+	$(PIP) install -q $(PINS) cython numpy pytest ruff mkdocs mkdocs-material
 	# learn2learn 0.2.0's shipped C files do not build on Python >= 3.11: regenerate them with Cython.
 	$(PIP) install -q $(PINS) --no-build-isolation --no-deps learn2learn==0.2.0 --config-settings=--build-option=build_ext
 	$(PIP) install -q $(PINS) gym requests scipy tqdm
@@ -41,6 +41,9 @@ test: install-dev lint  ## the test suite (about 20 minutes on 2 cores)
 
 test-fast: install-dev  ## the suite less its `slow` tests (signals, kills, subprocesses): the edit-test loop
 	$(VENV)/bin/pytest -q -m "not slow"
+
+docs: install-dev  ## the documentation site, built strictly into site/ (a broken link fails it)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 lint: install-dev  ## ruff: lint and formatting of the package, tests, benchmarks and CI scripts
 	$(VENV)/bin/ruff check metaexp tests benchmarks ci
