@@ -46,8 +46,8 @@ docs: install-dev  ## the documentation site, built strictly into site/ (a broke
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 lint: install-dev  ## ruff: lint and formatting of the package, tests, benchmarks and CI scripts
-	$(VENV)/bin/ruff check metaexp tests benchmarks ci
-	$(VENV)/bin/ruff format --check metaexp tests benchmarks ci
+	$(VENV)/bin/ruff check metaexp tests benchmarks ci docs/tutorial.py
+	$(VENV)/bin/ruff format --check metaexp tests benchmarks ci docs/tutorial.py
 
 bench: install-dev  ## engine and sampling benchmarks against learn2learn, MetaNet against its loop reference, threads
 	$(PY) benchmarks/bench_engine.py

@@ -1,0 +1,40 @@
+"""The tutorial (docs/tutorial.py, a jupytext script) runs as printed, and its page (docs/tutorial.md) shows
+its code cells verbatim: a changed script with a stale page fails here."""
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def code_cells() -> list:
+    cells = re.split(r"^# %%", (DOCS / "tutorial.py").read_text(), flags=re.M)[1:]
+    return [c.strip("\n") for c in cells if not c.startswith(" [markdown]")]
+
+
+def test_the_page_shows_every_code_cell_of_the_script():
+    page = (DOCS / "tutorial.md").read_text()
+    cells = code_cells()
+    assert len(cells) >= 6
+    for cell in cells:
+        assert f"```python\n{cell}\n```" in page, cell.splitlines()[0]
+
+
+@pytest.mark.slow  # the tutorial itself calls metaexp eval and summarize in subprocesses
+def test_the_tutorial_runs_and_maml_adapts_better_than_pretraining(tmp_path):
+    env = {**os.environ, "TUTORIAL_OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
+    ran = subprocess.run([sys.executable, str(DOCS / "tutorial.py")], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=900)  # fmt: skip
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+    errors = ast.literal_eval(next(line for line in ran.stdout.splitlines() if line.startswith("{'MAML")))
+    assert errors["MAML, 10 steps"] < errors["MAML, 1 steps"] < errors["MAML, 0 steps"]
+    assert errors["MAML, 10 steps"] < errors["pretrained, 10 steps"]
+    for picture in ("tutorial_adaptation.png", "tutorial_curves.png"):
+        assert (tmp_path / "out" / picture).stat().st_size > 10_000
+    assert list((tmp_path / "out" / "maml_sinusoid").glob("eval-test-10shot*.json"))
