@@ -72,8 +72,13 @@ class MAML(Algorithm):
 
         return sgd(support_loss, self.inner_params(params), rate, steps, first_order)
 
+    def task_start(self, params: dict, support_x, support_y) -> dict:
+        """The weights a task's inner loop starts from: the meta-parameters (Proto-MAML adds a head)."""
+        return params
+
     def adapted_weights(self, params: dict, support_x, support_y, steps: int, scale=1.0) -> dict:
         """Every model weight after `steps` inner steps (for a rollout sampler: the adapted policy)."""
+        params = self.task_start(params, support_x, support_y)
         fast = self.inner_params(params)
         for fast in self.inner_loop(params, support_x, support_y, steps, scale=scale):
             pass
@@ -98,6 +103,7 @@ class MAML(Algorithm):
         first_order = self.first_order or (step is not None and step < self.first_order_until)
         steps = self.inner_steps if step is not None else self.eval_inner_steps
         weights = self.step_weights(step, steps)
+        params = self.task_start(params, support_x, support_y)
         fast, outer_loss = self.inner_params(params), 0.0
         for i, fast in enumerate(self.inner_loop(params, support_x, support_y, steps, first_order)):
             if i < steps - 1 and weights[i]:
