@@ -36,7 +36,16 @@ def measured(folders: list) -> dict:
         m = int(data["settings"]["label"].removeprefix("M"))
         for row in data["by_gains"]:
             found.setdefault((row["method"], row["gains"], m), []).append(row["mean"])
-    return found
+    # PID learns nothing: every report flies it on the same test set, so it is one measurement.
+    return {key: sorted(set(v)) if key[0] == "pid" else v for key, v in found.items()}
+
+
+def seeds(method: str, points: list) -> str:
+    """`, 1-2 seeds` for a legend: how many seeds each point averages (PID: one flight of the test set)."""
+    if method == "pid":
+        return ""
+    counts = sorted({len(v) for _, v in points})
+    return f", {counts[0]}{f'-{counts[-1]}' if len(counts) > 1 else ''} seed{'s' if counts[-1] > 1 else ''}"
 
 
 def figure4(folders: list, paper: dict, out: Path) -> None:
@@ -55,7 +64,7 @@ def figure4(folders: list, paper: dict, out: Path) -> None:
             if points:
                 axis.errorbar([m for m, _ in points], [statistics.fmean(v) for _, v in points],
                               [statistics.pstdev(v) for _, v in points], color=colour, fmt="o", capsize=3,
-                              label=f"{NAMES[method]} (metaexp, {min(len(v) for _, v in points)}+ seeds)")  # fmt: skip
+                              label=f"{NAMES[method]} (metaexp{seeds(method, points)})")  # fmt: skip
         axis.set_title("learned gains" if gains == "learned" else f"Λ, K, Γ = {gains.replace('/', ', ')} × I")
         axis.set_xlabel("M (training flights)")
         axis.set_yscale("log")
@@ -110,7 +119,8 @@ def table(folders: list, paper: dict) -> str:
     for (method, gains, m), values in sorted(
         ours.items(), key=lambda kv: (kv[0][1] != "1/10/10", kv[0][1], kv[0][0], kv[0][2])
     ):
-        mine = f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f} ({len(values)})"
+        spread = f" ± {statistics.pstdev(values):.3f} ({len(values)} seeds)" if len(values) > 1 else " (1 seed)"
+        mine = f"{statistics.fmean(values):.3f}{spread}" if method != "pid" else f"{values[0]:.3f} (no training)"
         paper_row = theirs.get((method, gains, m))
         published = f"{paper_row['mean']:.3f} ± {paper_row['std']:.3f}" if paper_row else "none published"
         lines.append(f"| {gains} | {NAMES[method]} | {m} | {mine} | {published} |")
