@@ -121,7 +121,7 @@ class ControlSampler(TaskSampler):
         fixed = [(f"{r:g}/{k:g}/{g:g}", Gains.scaled(r, k, g)) for r, k, g in self.gains]
         flights_to_fly = [(name, gains, method, regressor, prior) for name, gains in fixed]
         flights_to_fly += [(name, gains, "pid", integral_features, None) for name, gains in fixed]
-        learned = self.algorithm.learned_gains(params) if self.algorithm.flies else None
+        learned = self.algorithm.learned_gains(params)
         if learned is not None:
             flights_to_fly.append(("learned", learned, method, regressor, None))
         rows, errors = [], []

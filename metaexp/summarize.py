@@ -149,7 +149,7 @@ def preset_markdown(records: list) -> str:
     for (preset, test), r in sorted(chosen.items()):
         measured = f"{r.test_mean:.4f} ± {r.test_ci95:.4f}" if r.test_mean is not None else ""
         published = "" if r.published is None else f"{r.published:.4g}"
-        steps = f"{r.steps:,} of {tasks[preset][2]:,}" if r.test_mean is not None else f"0 of {tasks[preset][2]:,}"
+        steps = f"{r.steps:,} of {tasks[preset][2]:,}"  # a not-yet-run row has run 0
         status = r.status.split(";")[0]
         lines.append(f"| {preset} | {test} | {measured} | {published} | {steps} | {r.machine or ''} | {status} |")
     return "\n".join(lines) + "\n"

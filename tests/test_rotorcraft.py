@@ -13,12 +13,24 @@ from metaexp.datasets.rotorcraft import (
     Gains,
     acceleration,
     fly,
-    no_features,
-    sine_references,
     wind_drag,
 )
 
 DT = 0.01
+
+
+def no_features(q: torch.Tensor, dq: torch.Tensor) -> torch.Tensor:
+    """Feedback alone: nothing to adapt (f_hat = 0)."""
+    return q.new_zeros(*q.shape[:-1], 1)
+
+
+def sine_references(amplitudes: torch.Tensor, periods: torch.Tensor, times: torch.Tensor) -> tuple:
+    """Smooth references r_i(t) = a_i sin(2 pi t / T_i) with their derivatives, `[..., T, 3]` each: these tests'
+    references (the paper's are random minimum-snap splines)."""
+    omega = 2 * math.pi / periods.unsqueeze(-2)
+    phase = omega * times.unsqueeze(-1)
+    a = amplitudes.unsqueeze(-2)
+    return a * torch.sin(phase), a * omega * torch.cos(phase), -a * omega.square() * torch.sin(phase)
 
 
 def direct_drag(q, dq, w):

@@ -131,6 +131,10 @@ class Algorithm:
         """A function from one task's query inputs to predictions, after adapting to its support set."""
         raise NotImplementedError
 
+    def learned_gains(self, params: dict):
+        """The adaptive controller's (Lambda, K, Gamma) this algorithm learned, or None where it learns none."""
+        return None
+
 
 def ridge_weights(z: torch.Tensor, targets: torch.Tensor, ridge: float) -> torch.Tensor:
     """The ridge-regression weights `[d, outputs]` from rows `z` `[n, d]` to `targets` `[n, outputs]`, solved
@@ -167,10 +171,6 @@ class ControlAlgorithm(Algorithm):
     def regressor(self, params: dict):
         """y(q, dq) `[..., p]`, the features the adaptive law weighs."""
         return lambda q, dq: embed(self.model, params, torch.cat([q, dq], -1))
-
-    def learned_gains(self, params: dict):
-        """The (Lambda, K, Gamma) this algorithm learned, or None where it learns none."""
-        return None
 
     def penalty(self, params: dict) -> torch.Tensor:
         """The squared norm of the regressor's weights (not of the learned gains)."""

@@ -12,7 +12,7 @@ from functools import partial
 import torch
 
 from metaexp.algorithms.base import ControlAlgorithm
-from metaexp.datasets.rotorcraft import Gains, closed_loop_step, fly, network, unflatten
+from metaexp.datasets.rotorcraft import Gains, closed_loop_step, fly, modelled_drag, unflatten
 
 
 def positive_definite(free: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,7 @@ class ControlOriented(ControlAlgorithm):
 
     def step(self, q, dq, u, estimate, rate, r, dr, ddr, *, params, model, gains):
         """One control step on the model of one wind: all tensors are arguments, so it compiles once."""
-        wind = partial(lambda weights, q, dq: network(weights, torch.cat([q, dq], -1)[..., None, :])[..., 0, :], model)
+        wind = partial(modelled_drag, model)
         return closed_loop_step(q, dq, u, estimate, rate, r, dr, ddr, self.regressor(params), gains, wind, self.dt)
 
     def flight_cost(self, params: dict, models: torch.Tensor, references: torch.Tensor) -> tuple:
@@ -60,9 +60,8 @@ class ControlOriented(ControlAlgorithm):
         (r, dr, ddr) on the models of flat weights `models` `[..., P]`."""
         model, gains = unflatten(models), self.flight_gains(params)
         reference = references.split(3, -1)
-        wind = lambda q, dq: network(model, torch.cat([q, dq], -1)[..., None, :])[..., 0, :]  # noqa: E731
         advance = partial(self.advance, params=params, model=model, gains=gains)
-        flight = fly(reference, self.regressor(params), gains, wind, self.dt, advance=advance)
+        flight = fly(reference, self.regressor(params), gains, partial(modelled_drag, model), self.dt, advance=advance)
         errors = torch.cat([flight.q - flight.r, flight.dq - flight.dr], -1).square().sum(-1)
         return errors.mean(-1), flight.u.square().sum(-1).mean(-1), errors.mean(-1).sqrt()
 

@@ -180,20 +180,6 @@ def integral_features(q: torch.Tensor, dq: torch.Tensor) -> torch.Tensor:
     return q.new_ones(*q.shape[:-1], 1)
 
 
-def no_features(q: torch.Tensor, dq: torch.Tensor) -> torch.Tensor:
-    """Feedback alone: nothing to adapt (f_hat = 0)."""
-    return q.new_zeros(*q.shape[:-1], 1)
-
-
-def sine_references(amplitudes: torch.Tensor, periods: torch.Tensor, times: torch.Tensor) -> tuple:
-    """Smooth references r_i(t) = a_i sin(2 pi t / T_i) with their derivatives, `[..., T, 3]` each, for tests
-    and benchmarks (the paper's are random minimum-snap splines)."""
-    omega = 2 * math.pi / periods.unsqueeze(-2)
-    phase = omega * times.unsqueeze(-1)
-    a = amplitudes.unsqueeze(-2)
-    return a * torch.sin(phase), a * omega * torch.cos(phase), -a * omega.square() * torch.sin(phase)
-
-
 def network(weights: tuple, x: torch.Tensor) -> torch.Tensor:
     """The ensemble's model of one wind, f(x) = A tanh(W2 tanh(W1 x + b1) + b2) (no output bias, as the
     authors'), on points `x` `[..., n, 6]` for weights with the same leading dimensions (one model per flight)."""
@@ -201,6 +187,11 @@ def network(weights: tuple, x: torch.Tensor) -> torch.Tensor:
     h = torch.tanh(x @ w1.mT + b1.unsqueeze(-2))
     h = torch.tanh(h @ w2.mT + b2.unsqueeze(-2))
     return h @ a.mT
+
+
+def modelled_drag(weights: tuple, q: torch.Tensor, dq: torch.Tensor) -> torch.Tensor:
+    """f_ext `[..., 3]` of one state per model, as `network` models it (a disturbance for `fly`)."""
+    return network(weights, torch.cat([q, dq], -1)[..., None, :])[..., 0, :]
 
 
 SHAPES = ((32, 6), (32,), (32, 32), (32,), (3, 32))  # the ensemble's weights, as the authors' 2 x 32 tanh
