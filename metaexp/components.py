@@ -13,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 from metaexp.algorithms.base import Algorithm
 from metaexp import schema
 from metaexp.errors import MetaexpError
+from metaexp.samplers import TaskSampler
 
 
 def resolve_device(name: str) -> torch.device:
@@ -102,10 +103,13 @@ def check_backbone(node: DictConfig, sampler) -> None:
 
 
 def build_sampler(cfg: DictConfig, dataset, split: str, device: torch.device):
-    """The task sampler over one split of the data set; its complaints name the split."""
+    """The task sampler over one split of the data set (told which, where it draws differently per split); its
+    complaints name the split."""
     data = dataset.split(split)
+    kind = component_class(cfg.sampler)
+    told = {"split": split} if isinstance(kind, type) and issubclass(kind, TaskSampler) and kind.per_split else {}
     try:
-        return build(cfg.sampler, "sampler", data=data, device=device)
+        return build(cfg.sampler, "sampler", data=data, device=device, **told)
     except MetaexpError as error:
         if str(error).startswith("sampler."):
             raise

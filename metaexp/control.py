@@ -59,6 +59,7 @@ class ControlSampler(TaskSampler):
 
     objective = CONTROL
     outputs = 3
+    per_split = True  # training and validation hold out different flights of one data set
     label_format, report_format = "M{trajectories}", "M{trajectories}"
 
     @classmethod
@@ -73,6 +74,7 @@ class ControlSampler(TaskSampler):
         trajectories: int = 10,
         seed: int = 0,
         gains=FOUR_GAINS,
+        split: str = "train",
         device="cpu",
     ):
         at_least("sampler.trajectories", trajectories, 2, whole=True)
@@ -85,7 +87,7 @@ class ControlSampler(TaskSampler):
                     f"the controller unstable or the adaptation law diverge."
                 )
         self.data, self.trajectories, self.seed, self.device = data, trajectories, seed, torch.device(device)
-        self.test_split = data.part == "test"
+        self.split, self.test_split = split, split == "test"
 
     def subsample(self):
         """The M training flights of this seed (the same for the train and validation samplers)."""
@@ -173,9 +175,10 @@ class TransitionSampler(ControlSampler):
         train_fraction: float = 0.75,
         window: int | None = None,
         gains=FOUR_GAINS,
+        split: str = "train",
         device="cpu",
     ):
-        super().__init__(data, trajectories, seed, gains, device)
+        super().__init__(data, trajectories, seed, gains, split, device)
         at_least("sampler.shots", shots, 1, whole=True)
         within("sampler.train_fraction", train_fraction, 0.01, 0.99)
         if window is not None:
@@ -199,7 +202,7 @@ class TransitionSampler(ControlSampler):
                 f"a flight's {cut} training (or {x.shape[1] - cut} validation) transitions. Lower them, or raise "
                 f"dataset.duration."
             )
-        part = slice(None, cut) if data.part == "train" else slice(cut, None)
+        part = slice(None, cut) if split == "train" else slice(cut, None)
         self.x, self.y = x[:, part].to(self.device), y[:, part].to(self.device)
         self.train_x, self.train_y = x[:, :cut].to(self.device), y[:, :cut].to(self.device)
 
@@ -223,7 +226,7 @@ class TransitionSampler(ControlSampler):
         support = keys.argsort(-1)[:, : self.shots]
         sx = x.gather(1, support.unsqueeze(-1).expand(-1, -1, 6))
         sy = y.gather(1, support.unsqueeze(-1).expand(-1, -1, 3))
-        if self.data.part == "train":
+        if self.split == "train":
             return TaskBatch(sx, sy, x, y)
         return TaskBatch(sx, sy, self.x[tasks], self.y[tasks])
 
@@ -289,9 +292,10 @@ class ClosedLoopSampler(ControlSampler):
         train_fraction: float = 0.75,
         ensemble_epochs: int = 1000,
         gains=FOUR_GAINS,
+        split: str = "train",
         device="cpu",
     ):
-        super().__init__(data, trajectories, seed, gains, device)
+        super().__init__(data, trajectories, seed, gains, split, device)
         at_least("sampler.references", references, 2, whole=True)
         at_least("sampler.duration", duration, 0)
         at_least("sampler.ensemble_epochs", ensemble_epochs, 1, whole=True)
@@ -316,8 +320,9 @@ class ClosedLoopSampler(ControlSampler):
         reference = torch.cat(spline_references(self.references, self.duration, data.dt, generator), -1).float()
         keep_models = max(1, int(self.train_fraction * self.trajectories))
         keep_refs = max(1, int(self.train_fraction * self.references))
-        part = slice(None, keep_models) if data.part == "train" else slice(keep_models, None)
-        refs = slice(None, keep_refs) if data.part == "train" else slice(keep_refs, None)
+        training = self.split == "train"
+        part = slice(None, keep_models) if training else slice(keep_models, None)
+        refs = slice(None, keep_refs) if training else slice(keep_refs, None)
         return models[part].to(self.device), reference[refs].to(self.device)
 
     def describe(self) -> str:

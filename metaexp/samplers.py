@@ -67,6 +67,8 @@ class TaskSampler:
       scored after adaptation).
     - `acts` and `bind(algorithm, params, inner_steps)`: for families whose sampling runs the live policy
       (meta-RL rollouts); `drain()`: the family's own fields of a train row.
+    - `view`: which view of the task family it gives, where there are several; the algorithm names the views it
+      trains on (`Algorithm.views`). `per_split`: it is told the split it draws from (`split=`).
     """
 
     objective: Objective
@@ -75,6 +77,7 @@ class TaskSampler:
     report_format: str | None = None  # None: as label_format
     acts = False  # True where drawing a task runs the current policy: bind() hands it over
     view = ""  # which view of its task family a sampler gives, where there are several (adaptive control's two)
+    per_split = False  # True where the sampler draws differently per split: build_sampler then passes `split`
 
     @classmethod
     def label(cls, settings: Mapping) -> str:
@@ -292,6 +295,45 @@ class EpisodeSampler(TaskSampler):
         s = self.shots
         support_x, query_x = x[:, :, :s].flatten(1, 2), x[:, :, s:].flatten(1, 2)
         return TaskBatch(support_x, y[:, :, :s].flatten(1), query_x, y[:, :, s:].flatten(1))
+
+
+class PretrainSampler(EpisodeSampler):
+    """The data path of pretrain-then-adapt (Baseline, Baseline++, SimpleShot, RFS): on the training split,
+    plain mini-batches of `batch_size` images drawn uniformly from the whole split, each labelled by its class
+    among all the split's classes (quarter turns as new classes where the data set counts them), one mini-batch
+    per "task" with an empty support set; on validation and test, the same episodes as `EpisodeSampler`, so
+    `metaexp eval` scores these methods on every other algorithm's episodes."""
+
+    view = "pretrain"
+    per_split = True
+
+    def __init__(
+        self, data, ways: int = 5, shots: int = 1, queries: int = 15, rotations: bool | None = None,
+        batch_size: int = 64, split: str = "train", device="cpu",
+    ):  # fmt: skip
+        super().__init__(data, ways, shots, queries, rotations, device)
+        at_least("sampler.batch_size", batch_size, 1, whole=True)
+        self.batch_size, self.pretraining = batch_size, split == "train"
+        self.classes = self.num_classes  # the pretraining classifier's outputs
+        if self.pretraining:
+            self.outputs = self.classes
+
+    def describe(self) -> str:
+        if not self.pretraining:
+            return super().describe()
+        return f"mini-batches of {self.batch_size} images over all {self.classes} training classes"
+
+    def sample(self, meta_batch: int, generator: torch.Generator) -> TaskBatch:
+        if not self.pretraining:
+            return super().sample(meta_batch, generator)
+        shape = (meta_batch, self.batch_size)
+        rows = torch.randint(len(self.images), shape, generator=generator, device=self.device)
+        turns = ROTATIONS if self.rotations else 1
+        rotation = torch.randint(turns, shape, generator=generator, device=self.device)
+        base = torch.searchsorted(self.offsets, rows, right=True) - 1  # each row's class within the split
+        x = to_float(rotate(self.images[rows], rotation))
+        labels = base + rotation * len(self.counts)  # a turned class is class + turns x (classes of the split)
+        return TaskBatch(x[:, :0], labels[:, :0], x, labels)
 
 
 def rotate(images: torch.Tensor, quarters: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ def test_preset_builds_its_data_set_backbone_and_algorithm(preset):
 
 
 def test_every_preset_is_listed():
-    assert len(PRESETS) == 63
+    assert len(PRESETS) == 73
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
@@ -55,7 +55,8 @@ def test_algorithm_and_data_set_alone_get_the_published_setting(setting):
     """`algorithm=X dataset=Y` composes exactly as the X_Y 5-way 1-shot preset, less its published figure."""
     algorithm, dataset = next(
         (a, setting[len(a) + 1 :])
-        for a in ("anil", "fomaml", "maml", "matchingnet", "metanet", "metaoptnet", "metasgd", "protonet", "reptile")
+        for a in ("anil", "baseline_pp", "baseline", "fomaml", "maml", "matchingnet", "metanet", "metaoptnet", "metasgd",
+                  "protomaml", "protonet", "reptile", "rfs", "simpleshot")
         if setting.startswith(a + "_")
     )
     preset = f"{algorithm}_{dataset.replace('_', '')}_5w1s"

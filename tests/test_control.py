@@ -82,7 +82,7 @@ def test_sampled_references_have_the_derivatives_of_their_positions_and_start_at
 def test_the_training_flights_show_the_true_drag():
     data = RotorcraftWind(trajectories=4, duration=2.0, test_references=2, test_duration=1.0)
     flights = data.split("train")
-    assert flights.q.shape == (4, 201, 3) and data.split("val").part == "val"
+    assert flights.q.shape == (4, 201, 3)
     assert torch.equal(data.split("train").q, flights.q)  # generated once, the same for both splits
     true = wind_drag(flights.q[:, :-1], flights.dq[:, :-1], flights.wind.unsqueeze(-1))
     seen = flights.disturbance()
@@ -223,7 +223,7 @@ def test_windows_of_transitions_are_consecutive_and_their_queries_follow():
         start = int((states[task] == rows[0]).all(-1).nonzero()[0])
         assert start + 30 <= cut  # training windows stay in the first 75% of the flight
         torch.testing.assert_close(rows, states[task, start : start + 30])
-    val = TransitionSampler(data.split("val"), trajectories=3, seed=1, shots=20, window=10)
+    val = TransitionSampler(data.split("val"), trajectories=3, seed=1, shots=20, window=10, split="val")
     first = val.sample(3, torch.Generator().manual_seed(0)).support_x[0, 0]
     assert int((states[0] == first).all(-1).nonzero()[0]) >= cut  # validation windows in the rest
 

@@ -17,7 +17,7 @@ class ACMRR(ControlAlgorithm):
     its tasks: a penalty that weighs more the fewer flights there are. The loss is the squared error summed
     over the three axes, averaged over transitions."""
 
-    view = "transitions"
+    views = ("transitions",)
 
     def __init__(self, model, objective, ridge: float = 1e-2, l2: float = 1.0):
         super().__init__(model, objective)

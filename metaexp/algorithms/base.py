@@ -54,8 +54,11 @@ class Algorithm:
     # True where trainer.compile=auto may compile the meta-loss: its compiled speed was measured to gain (MAML).
     compiles = False
     # True where the algorithm learns an adaptive controller's regressor (`ControlAlgorithm`): the only kind that
-    # adaptive-control task families take, and the only tasks it takes. `view` names the sampler it trains on.
+    # adaptive-control task families take, and the only tasks it takes.
     flies = False
+    # The sampler views (`TaskSampler.view`) it trains on: "" is a task family's plain sampler (episodes,
+    # regression points, rollouts), `transitions` adaptive control's regression view.
+    views = ("", "transitions")
     # True where `adapted(params, support_x, support_y)` returns the adapted weights as a dict and
     # `predict_adapted(weights, x)` predicts with them (the gradient-based methods): a control test adapts a
     # disturbance model once per flight through them.
@@ -97,8 +100,16 @@ class Algorithm:
             )
 
     def check_sampler(self, sampler) -> None:
-        """Refuse, before anything is written, tasks whose shape this algorithm cannot take (MetaNet's support
-        chunks must divide the support set); most algorithms take any."""
+        """Refuse, before anything is written, a sampler view this algorithm does not train on, or tasks whose
+        shape it cannot take (MetaNet's support chunks must divide the support set)."""
+        if sampler.view not in self.views:
+            plain = ["a task family's own sampler (episodic, regression, rollouts)"] if "" in self.views else []
+            wanted = " or ".join(plain + [f"sampler={v}" for v in self.views if v])
+            given = f"sampler={sampler.view}" if sampler.view else "a task family's own sampler"
+            raise MetaexpError(
+                f"{type(self).__name__} trains on {wanted}; the sampler is {type(sampler).__name__} ({given}). "
+                f"Pick {'one of those' if ' or ' in wanted else 'that'}."
+            )
 
     def init_params(self) -> dict:
         """Meta-parameters: the backbone's weights (less the head if unused), plus the algorithm's own."""
@@ -155,14 +166,6 @@ class ControlAlgorithm(Algorithm):
     uses_head = False
     flies = True
     training_norm = False
-    view = ""  # the sampler's view of the task family this algorithm trains on (metaexp.control)
-
-    def check_sampler(self, sampler) -> None:
-        if sampler.view != self.view:
-            raise MetaexpError(
-                f"{type(self).__name__} trains on sampler={self.view}; the sampler is {type(sampler).__name__}. "
-                f"Set sampler={self.view}."
-            )
 
     @property
     def name(self) -> str:

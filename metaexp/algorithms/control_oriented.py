@@ -30,7 +30,7 @@ class ControlOriented(ControlAlgorithm):
     tasks together (the authors: 1e-3 and 1e-4). `dt` is the data set's control step; `compile`
     compiles one control step (about 6x faster on a CPU, once compiled)."""
 
-    view = "closed_loop"
+    views = ("closed_loop",)
 
     def __init__(self, model, objective, dt: float, learn_gains: bool = True, gains=(1.0, 10.0, 10.0),
                  control: float = 1e-3, l2: float = 1e-4, compile: bool = False):  # fmt: skip

@@ -59,6 +59,7 @@ class MetaNet(Algorithm):
         self.layers, self.augmented = len(model.convs), set(model.augmented)
 
     def check_sampler(self, sampler) -> None:
+        super().check_sampler(sampler)
         support = sampler.ways * sampler.shots
         if support % self.chunks:
             raise MetaexpError(

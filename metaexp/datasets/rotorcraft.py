@@ -217,7 +217,6 @@ class Flights(NamedTuple):
     u: torch.Tensor
     wind: torch.Tensor
     dt: float
-    part: str = "train"  # or "val": the same flights, of which the samplers hold some out
 
     def disturbance(self) -> torch.Tensor:
         """f_ext `[N, T - 1, 3]` as the data show it (forward Euler, the authors' regression target):
@@ -236,7 +235,6 @@ class TestFlights(NamedTuple):
     reference: tuple
     wind: torch.Tensor
     dt: float
-    part: str = "test"
 
 
 class RotorcraftWind:
@@ -271,11 +269,11 @@ class RotorcraftWind:
         self.cache = {}
 
     def split(self, name: str):
-        """`train` and `val`: the training flights (the samplers hold some of each out); `test`: the test
-        protocol's references and winds."""
+        """`train` and `val`: the training flights (the samplers, told their split, hold some of each out);
+        `test`: the test protocol's references and winds."""
         if name == "test":
             return self.cached("test", self.test_flights)
-        return self.cached("train", self.flights)._replace(part=name)
+        return self.cached("train", self.flights)
 
     def cached(self, name: str, make: Callable):
         if name not in self.cache:
