@@ -25,10 +25,10 @@ $(RUN): pyproject.toml constraints.txt Makefile
 install-dev: $(DEV)  ## install, plus pytest, ruff and the learn2learn peer the tests and benchmarks compare against
 
 $(DEV): $(RUN)
-	$(PIP) install -q $(PINS) cython numpy pytest ruff mkdocs mkdocs-material
+	$(PIP) install -q $(PINS) cython numpy pytest ruff mkdocs mkdocs-material 'mkdocstrings[python]'
 	# learn2learn 0.2.0's shipped C files do not build on Python >= 3.11: regenerate them with Cython.
 	$(PIP) install -q $(PINS) --no-build-isolation --no-deps learn2learn==0.2.0 --config-settings=--build-option=build_ext
-	$(PIP) install -q $(PINS) gym requests scipy tqdm
+	$(PIP) install -q $(PINS) gym requests scipy tqdm scikit-learn  # scikit-learn: the reference solver of RFS's test
 	# qpth 0.0.18 (learn2learn's MetaOptNet peer) declares numpy<2 but runs on numpy 2 for what the tests import.
 	$(PIP) install -q $(PINS) --no-deps qpth
 	touch $(DEV)

@@ -302,18 +302,22 @@ class PretrainSampler(EpisodeSampler):
     plain mini-batches of `batch_size` images drawn uniformly from the whole split, each labelled by its class
     among all the split's classes (quarter turns as new classes where the data set counts them), one mini-batch
     per "task" with an empty support set; on validation and test, the same episodes as `EpisodeSampler`, so
-    `metaexp eval` scores these methods on every other algorithm's episodes."""
+    `metaexp eval` scores these methods on every other algorithm's episodes. `flip` and `crop_padding` augment
+    the training images as the papers do for natural images: a horizontal flip of half of them, and a crop of
+    the original size at a random offset after zero-padding each side by `crop_padding` pixels."""
 
     view = "pretrain"
     per_split = True
 
     def __init__(
         self, data, ways: int = 5, shots: int = 1, queries: int = 15, rotations: bool | None = None,
-        batch_size: int = 64, split: str = "train", device="cpu",
+        batch_size: int = 64, flip: bool = False, crop_padding: int = 0, split: str = "train", device="cpu",
     ):  # fmt: skip
         super().__init__(data, ways, shots, queries, rotations, device)
         at_least("sampler.batch_size", batch_size, 1, whole=True)
+        at_least("sampler.crop_padding", crop_padding, 0, whole=True)
         self.batch_size, self.pretraining = batch_size, split == "train"
+        self.flip, self.crop_padding = flip, crop_padding
         self.classes = self.num_classes  # the pretraining classifier's outputs
         if self.pretraining:
             self.outputs = self.classes
@@ -331,9 +335,25 @@ class PretrainSampler(EpisodeSampler):
         turns = ROTATIONS if self.rotations else 1
         rotation = torch.randint(turns, shape, generator=generator, device=self.device)
         base = torch.searchsorted(self.offsets, rows, right=True) - 1  # each row's class within the split
-        x = to_float(rotate(self.images[rows], rotation))
+        x = self.augmented(to_float(rotate(self.images[rows], rotation)).flatten(0, 1), generator).unflatten(0, shape)
         labels = base + rotation * len(self.counts)  # a turned class is class + turns x (classes of the split)
         return TaskBatch(x[:, :0], labels[:, :0], x, labels)
+
+    def augmented(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Images `[n, C, H, W]` flipped and cropped as the settings say (unchanged by default)."""
+        n, _, h, w = x.shape
+        if self.flip:
+            flipped = torch.rand(n, generator=generator, device=self.device) < 0.5
+            x = torch.where(flipped.view(n, 1, 1, 1), x.flip(-1), x)
+        if self.crop_padding:
+            pad = self.crop_padding
+            offsets = torch.randint(2 * pad + 1, (2, n, 1), generator=generator, device=self.device)
+            rows = (offsets[0] + torch.arange(h, device=self.device)).view(n, 1, h, 1)
+            cols = (offsets[1] + torch.arange(w, device=self.device)).view(n, 1, 1, w)
+            padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+            images, channels = (torch.arange(k, device=self.device) for k in x.shape[:2])
+            x = padded[images.view(n, 1, 1, 1), channels.view(1, -1, 1, 1), rows, cols]
+        return x
 
 
 def rotate(images: torch.Tensor, quarters: torch.Tensor) -> torch.Tensor:

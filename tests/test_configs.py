@@ -15,6 +15,9 @@ from metaexp.api import config_dir
 CONF = Path(config_dir())
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 SETTINGS = sorted(p.stem for p in (CONF / "setting").glob("*.yaml"))
+# The algorithms of the settings' names; baseline_pp before baseline, which it starts with.
+ALGORITHMS = ("anil", "baseline_pp", "baseline", "fomaml", "maml", "matchingnet", "metanet", "metaoptnet", "metasgd")
+ALGORITHMS += ("protomaml", "protonet", "reptile", "rfs", "simpleshot")
 GROUPS = ["dataset", "sampler", "backbone", "algorithm", "optim", "scheduler", "logger"]
 
 
@@ -47,18 +50,13 @@ def test_preset_builds_its_data_set_backbone_and_algorithm(preset):
 
 
 def test_every_preset_is_listed():
-    assert len(PRESETS) == 73
+    assert len(PRESETS) == 83
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_algorithm_and_data_set_alone_get_the_published_setting(setting):
     """`algorithm=X dataset=Y` composes exactly as the X_Y 5-way 1-shot preset, less its published figure."""
-    algorithm, dataset = next(
-        (a, setting[len(a) + 1 :])
-        for a in ("anil", "baseline_pp", "baseline", "fomaml", "maml", "matchingnet", "metanet", "metaoptnet", "metasgd",
-                  "protomaml", "protonet", "reptile", "rfs", "simpleshot")
-        if setting.startswith(a + "_")
-    )
+    algorithm, dataset = next((a, setting[len(a) + 1 :]) for a in ALGORITHMS if setting.startswith(a + "_"))
     preset = f"{algorithm}_{dataset.replace('_', '')}_5w1s"
     plain = OmegaConf.to_container(composed(f"algorithm={algorithm}", f"dataset={dataset}"))
     paper = OmegaConf.to_container(composed(f"experiment={preset}"))

@@ -4,6 +4,7 @@ centroid by hand, scikit-learn's logistic regression, a plain torch.optim.SGD lo
 one at a time, and a pretraining run resumes bit-identically and is evaluated on episodes without its
 classifier."""
 
+import json
 import math
 
 import pytest
@@ -152,11 +153,18 @@ def test_pretraining_resumes_bit_identically_and_tests_on_episodes_without_its_c
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
 
+    episodes = tmp_path / "episodes.json"
     tested = run_inline("eval", f"checkpoint={tmp_path / 'resumed'}", "trainer.device=cpu", "eval.episodes=6",
-                        cwd=tmp_path)  # fmt: skip
+                        f"eval.save_episodes={episodes}", cwd=tmp_path)  # fmt: skip
     assert tested.returncode == 0, tested.stdout + tested.stderr
     report = only_report(tmp_path / "resumed")
     assert report["settings"]["label"] == "2w1s" and report["episodes"] == 6 and 0 <= report["mean"] <= 1
+    # The same episodes from their file (as any other algorithm's) score the same.
+    again = run_inline("eval", f"checkpoint={tmp_path / 'resumed'}", "trainer.device=cpu",
+                       f"eval.episodes_file={episodes}", f"eval.output={tmp_path / 'again.json'}",
+                       cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads((tmp_path / "again.json").read_text())["mean"] == report["mean"]
 
 
 def test_an_episodic_algorithm_on_pretraining_batches_is_refused(tmp_path):
@@ -167,3 +175,24 @@ def test_an_episodic_algorithm_on_pretraining_batches_is_refused(tmp_path):
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "ProtoNet trains on a task family's own sampler" in refused.stdout and "sampler=pretrain" in refused.stdout
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_augmented_images_are_flips_and_shifted_crops_of_their_originals():
+    train = sampler("train", flip=True, crop_padding=1, rotations=False)
+    plain = sampler("train", rotations=False)
+    generator = torch.Generator().manual_seed(3)
+    images = plain.sample(1, torch.Generator().manual_seed(3)).query_x[0]
+    augmented = train.augmented(images, generator)
+    padded = F.pad(images, (1, 1, 1, 1))
+    kinds = set()
+    for original, padded_one, new in zip(images, padded, augmented):
+        found = [
+            (flip, dy, dx)
+            for flip in (False, True)
+            for dy in range(3)
+            for dx in range(3)
+            if torch.equal((padded_one.flip(-1) if flip else padded_one)[:, dy : dy + 4, dx : dx + 4], new)
+        ]
+        assert found, "an augmented image is a flipped or unflipped crop of its padded original"
+        kinds.update(found)
+    assert {flip for flip, _, _ in kinds} == {False, True} and len({(dy, dx) for _, dy, dx in kinds}) > 3
