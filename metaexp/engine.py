@@ -16,6 +16,9 @@ log = logging.getLogger("metaexp.engine")
 # The steps a run must have left for `trainer.compile=auto` to compile on a CPU: compiling MAML Conv-4 5-way
 # 1-shot cost about 115 s at its first step here, and the step went from 51 to 70 tasks/s end to end.
 COMPILE_AFTER = 1000
+# And the time: at those rates the compiled run catches up with the eager one after about 7 minutes
+# (70 (t - 115) = 51 t), so a run limited to less (trainer.minutes) stays eager.
+COMPILE_MINUTES = 10
 
 
 def check_combination(
@@ -52,11 +55,14 @@ def check_combination(
         )
 
 
-def compile_choice(setting, *, steps_left: int, parameters: int, device: torch.device, algorithm, optimizer) -> tuple:
+def compile_choice(
+    setting, *, steps_left: int, parameters: int, device: torch.device, algorithm, optimizer, minutes=None
+) -> tuple:
     """(compile?, why) for trainer.compile: true or false as given; `auto` compiles on a CPU a model of at least
-    SMALL_MODEL parameters with at least COMPILE_AFTER steps left, for an algorithm that declares it gains and
-    an optimizer that takes a plain gradient (TRPO's line search is left eager). On a GPU, where its gain is
-    not measured yet, `auto` leaves it to trainer.compile=true."""
+    SMALL_MODEL parameters with at least COMPILE_AFTER steps and, where `minutes` limits the run, at least
+    COMPILE_MINUTES left, for an algorithm that declares it gains and an optimizer that takes a plain gradient
+    (TRPO's line search is left eager). On a GPU, where its gain is not measured yet, `auto` leaves it to
+    trainer.compile=true."""
     if setting != "auto":
         return bool(setting), f"trainer.compile={str(setting).lower()}"
     if device.type != "cpu":
@@ -67,6 +73,8 @@ def compile_choice(setting, *, steps_left: int, parameters: int, device: torch.d
         return False, f"auto: a model of {parameters:,} parameters gains nothing from compiling"
     if steps_left < COMPILE_AFTER:
         return False, f"auto: {steps_left} steps left, fewer than the {COMPILE_AFTER} that repay compiling"
+    if minutes and minutes < COMPILE_MINUTES:
+        return False, f"auto: trainer.minutes={minutes} is less than the {COMPILE_MINUTES} that repay compiling"
     return True, f"auto: {steps_left} steps left repay compiling once"
 
 

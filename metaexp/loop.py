@@ -191,7 +191,7 @@ def announce(cfg: DictConfig, run: Run, run_dir: Path, progress: Progress, *, de
     )  # fmt: skip
     compiled, why = compile_choice(
         trainer.compile, steps_left=trainer.steps - progress.step, parameters=parameters, device=device,
-        algorithm=run.algorithm, optimizer=run.optimizer,
+        algorithm=run.algorithm, optimizer=run.optimizer, minutes=trainer.minutes,
     )  # fmt: skip
     log.info("torch.compile %s (%s)", "on" if compiled else "off", why)
     if distributed.is_main():

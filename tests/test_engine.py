@@ -59,24 +59,26 @@ class Eager:
 
 
 @pytest.mark.parametrize(
-    "setting, steps_left, parameters, device, algorithm, optimizer, expected",
+    "setting, steps_left, parameters, device, algorithm, optimizer, expected, minutes",
     [
-        ("auto", 60_000, 112_000, "cpu", Plain, torch.optim.Adam, True),  # MAML Conv-4's schedule
-        ("auto", 999, 112_000, "cpu", Plain, torch.optim.Adam, False),  # a short run does not compile
-        ("auto", 60_000, 112_000, "cuda", Plain, torch.optim.Adam, False),  # not measured on a GPU yet
-        ("auto", 70_000, 1_761, "cpu", Plain, torch.optim.Adam, False),  # the sinusoid MLP
-        ("auto", 60_000, 112_000, "cpu", Eager, torch.optim.Adam, False),  # an algorithm that says no
-        ("auto", 60_000, 112_000, "cpu", Plain, TRPO, False),  # TRPO's line search stays eager
-        (True, 4, 1_761, "cpu", Eager, torch.optim.Adam, True),  # as given
-        (False, 60_000, 112_000, "cpu", Plain, torch.optim.Adam, False),
+        ("auto", 60_000, 112_000, "cpu", Plain, torch.optim.Adam, True, None),  # MAML Conv-4's schedule
+        ("auto", 60_000, 112_000, "cpu", Plain, torch.optim.Adam, True, 30),  # half an hour repays it
+        ("auto", 60_000, 112_000, "cpu", Plain, torch.optim.Adam, False, 2),  # two minutes do not
+        ("auto", 999, 112_000, "cpu", Plain, torch.optim.Adam, False, None),  # a short run does not compile
+        ("auto", 60_000, 112_000, "cuda", Plain, torch.optim.Adam, False, None),  # not measured on a GPU yet
+        ("auto", 70_000, 1_761, "cpu", Plain, torch.optim.Adam, False, None),  # the sinusoid MLP
+        ("auto", 60_000, 112_000, "cpu", Eager, torch.optim.Adam, False, None),  # an algorithm that says no
+        ("auto", 60_000, 112_000, "cpu", Plain, TRPO, False, None),  # TRPO's line search stays eager
+        (True, 4, 1_761, "cpu", Eager, torch.optim.Adam, True, None),  # as given
+        (False, 60_000, 112_000, "cpu", Plain, torch.optim.Adam, False, None),
     ],
 )
-def test_auto_compile_decisions(setting, steps_left, parameters, device, algorithm, optimizer, expected):
+def test_auto_compile_decisions(setting, steps_left, parameters, device, algorithm, optimizer, expected, minutes):
     from metaexp.engine import compile_choice
 
     compiled, why = compile_choice(
         setting, steps_left=steps_left, parameters=parameters, device=torch.device(device),
-        algorithm=algorithm(), optimizer=optimizer.__new__(optimizer),
+        algorithm=algorithm(), optimizer=optimizer.__new__(optimizer), minutes=minutes,
     )  # fmt: skip
     assert compiled is expected and why
 
