@@ -2,11 +2,12 @@
 # # Tutorial: MAML on sinusoids, from a run to a picture
 #
 # A jupytext script (open it as a notebook with `jupytext --to notebook docs/tutorial.py`, or run it with
-# `python docs/tutorial.py`); `tests/test_tutorial.py` runs it on CI's CPU in about two minutes, and
+# `python docs/tutorial.py`); `tests/test_tutorial.py` runs it on CI's CPU in a few minutes, and
 # docs/tutorial.md shows it with its output. It trains MAML on Finn et al.'s sinusoid family, reads the run
 # directory, evaluates the checkpoint, summarises and plots the run, and draws MAML's own figure: what the
 # meta-learned initialisation does after one and ten gradient steps on ten points, against a network
-# pretrained on all tasks at once.
+# pretrained on all tasks at once; then it meta-trains a navigation policy briefly and draws its paths before and
+# after one policy-gradient step.
 
 # %%
 import json

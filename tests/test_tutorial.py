@@ -27,7 +27,7 @@ def test_the_page_shows_every_code_cell_of_the_script():
 
 
 @pytest.mark.slow  # the tutorial itself calls metaexp eval and summarize in subprocesses
-def test_the_tutorial_runs_and_maml_adapts_better_than_pretraining(tmp_path):
+def test_the_tutorial_runs_and_maml_adapts_better_than_pretraining_and_a_policy_step_helps(tmp_path):
     env = {**os.environ, "TUTORIAL_OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
     ran = subprocess.run([sys.executable, str(DOCS / "tutorial.py")], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=900)  # fmt: skip
@@ -35,6 +35,8 @@ def test_the_tutorial_runs_and_maml_adapts_better_than_pretraining(tmp_path):
     errors = ast.literal_eval(next(line for line in ran.stdout.splitlines() if line.startswith("{'MAML")))
     assert errors["MAML, 10 steps"] < errors["MAML, 1 steps"] < errors["MAML, 0 steps"]
     assert errors["MAML, 10 steps"] < errors["pretrained, 10 steps"]
-    for picture in ("tutorial_adaptation.png", "tutorial_curves.png"):
+    returns = dict(line.rsplit(" mean return ", 1) for line in ran.stdout.splitlines() if " mean return " in line)
+    assert float(returns["after one step"]) > float(returns["before the step"])  # the step turns toward the goal
+    for picture in ("tutorial_adaptation.png", "tutorial_curves.png", "tutorial_navigation.png"):
         assert (tmp_path / "out" / picture).stat().st_size > 10_000
     assert list((tmp_path / "out" / "maml_sinusoid").glob("eval-test-10shot*.json"))
