@@ -19,6 +19,7 @@ class Algorithm:
     """A meta-learning method as pure functions of (meta-parameters, one task), vmapped over the meta-batch.
 
     The contract a subclass keeps:
+
     - `task_loss(params, support_x, support_y, query_x, query_y, step)` returns (the scalar to differentiate,
       the query loss, the query score) for ONE task. `step` is the meta-training step, or None at evaluation
       (then use the evaluation settings, e.g. more inner steps). It runs under `vmap`: no in-place updates of
@@ -26,6 +27,7 @@ class Algorithm:
     - `adapt(params, support_x, support_y)` returns a function from query inputs to predictions, for one task.
     - `params` is a flat dict: the backbone's weights by `named_parameters()` name, and the algorithm's own
       learnables under `meta.` (learned inner rates, a logit scale); `init_params` creates both.
+
     A new method in eight lines (first-order MAML with a fixed inner rate):
 
         class FirstOrderMAML(Algorithm):
