@@ -79,6 +79,18 @@ def make_layout(root: Path, drawings=4) -> Path:
     return root
 
 
+def straight_and_resumed(overrides: list, tmp_path: Path) -> tuple:
+    """Train `overrides` straight through (tmp_path/straight) and again stopped after 2 steps and resumed with
+    trainer.resume=auto (tmp_path/resumed), in process; returns both runs' last.pt parameters."""
+    for name, extra in (("straight", []), ("resumed", ["trainer.steps=2"]), ("resumed", ["trainer.resume=auto"])):
+        ran = run_inline("train", *overrides, *extra, f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+    return tuple(
+        torch.load(tmp_path / name / "checkpoints/last.pt", weights_only=False)["params"]
+        for name in ("straight", "resumed")
+    )
+
+
 def metrics(run_dir) -> list:
     """The rows of a run directory's metrics.jsonl."""
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from conftest import metrics, run_inline
+from conftest import metrics, run_inline, straight_and_resumed
 from metaexp.algorithms.base import ridge_weights
 from metaexp.datasets.rotorcraft import SHAPES, RotorcraftWind, network, unflatten, wind_drag
 from metaexp.datasets.splines import falling, min_snap, random_splines, sample_splines
@@ -140,16 +140,7 @@ def test_the_closed_loop_meta_loss_is_the_mean_of_its_tasks(tmp_path):
 
 
 def test_a_control_run_resumes_bit_identically_and_evaluates_with_every_gain_setting(tmp_path):
-    straight = run_inline("train", *CLOSED_LOOP, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
-    assert straight.returncode == 0, straight.stdout + straight.stderr
-    first = run_inline("train", *CLOSED_LOOP, "trainer.steps=2", f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
-    assert first.returncode == 0, first.stdout + first.stderr
-    second = run_inline(
-        "train", *CLOSED_LOOP, "trainer.resume=auto", f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path
-    )
-    assert second.returncode == 0, second.stdout + second.stderr
-    a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=False)["params"]
-    b = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=False)["params"]
+    a, b = straight_and_resumed(CLOSED_LOOP, tmp_path)
     assert a.keys() == b.keys() and "meta.adaptation" in a and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["step"] for r in metrics(tmp_path / "resumed") if r["split"] == "train"] == [1, 2, 3, 4]
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from conftest import OMNIGLOT_LAKE, make_layout, metrics, only_report, run_inline
+from conftest import OMNIGLOT_LAKE, make_layout, metrics, only_report, run_inline, straight_and_resumed
 from metaexp.algorithms.baseline import Baseline
 from metaexp.algorithms.baseline_pp import BaselinePlusPlus
 from metaexp.algorithms.rfs import RFS, logistic_regression
@@ -139,14 +139,7 @@ def test_pretraining_resumes_bit_identically_and_tests_on_episodes_without_its_c
     run = [*OMNIGLOT_LAKE, f"dataset.root={root}", "algorithm=baseline_pp", "sampler.ways=2", "sampler.queries=1",
            "sampler.batch_size=8", "trainer.meta_batch=2", "trainer.steps=4", "trainer.val_every=2",
            "trainer.val_tasks=4", "trainer.log_every=1", "trainer.device=cpu", "algorithm.steps=5"]  # fmt: skip
-    straight = run_inline("train", *run, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
-    assert straight.returncode == 0, straight.stdout + straight.stderr
-    first = run_inline("train", *run, "trainer.steps=2", f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
-    assert first.returncode == 0, first.stdout + first.stderr
-    second = run_inline("train", *run, "trainer.resume=auto", f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
-    assert second.returncode == 0, second.stdout + second.stderr
-    a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=False)["params"]
-    b = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=False)["params"]
+    a, b = straight_and_resumed(run, tmp_path)
     assert a["meta.classifier.direction"].shape == (16, 64) and a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = metrics(tmp_path / "resumed")

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import metrics, only_report, run_inline
+from conftest import metrics, only_report, run_inline, straight_and_resumed
 from metaexp.algorithms.maml import MAML
 from metaexp.algorithms.metasgd import MetaSGD
 from metaexp.backbones import predict
@@ -231,14 +231,7 @@ def test_trpo_step_keeps_the_kl_bound_and_improves_the_surrogate(seed):
 
 
 def test_interrupted_and_resumed_run_ends_with_the_straight_runs_weights(tmp_path):
-    straight = run_inline("train", *SMALL, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
-    assert straight.returncode == 0, straight.stdout + straight.stderr
-    first = run_inline("train", *SMALL, "trainer.steps=2", f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
-    assert first.returncode == 0, first.stdout + first.stderr
-    second = run_inline("train", *SMALL, "trainer.resume=auto", f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
-    assert second.returncode == 0, second.stdout + second.stderr
-    a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=False)["params"]
-    b = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=False)["params"]
+    a, b = straight_and_resumed(SMALL, tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = metrics(tmp_path / "resumed")
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]
