@@ -24,7 +24,7 @@ from torch.func import functional_call, grad, vmap
 from metaexp.algorithms.base import Algorithm
 from metaexp.backbones import with_prefix
 from metaexp.errors import MetaexpError
-from metaexp.schema import at_least
+from metaexp.schema import at_least, one_of
 
 HIDDEN = 20
 KINDS = ("conv", "fc")
@@ -46,7 +46,7 @@ class MetaNet(Algorithm):
 
     training_norm = False
 
-    def __init__(self, model, objective, chunks: int = 5):
+    def __init__(self, model, objective, chunks: int = 5, init: str = "lecun"):
         super().__init__(model, objective)
         if not all(hasattr(model, part) for part in ("convs", "norms", "fc1", "head", "augmented")):
             raise MetaexpError(
@@ -55,7 +55,8 @@ class MetaNet(Algorithm):
                 f"{type(model).__name__} does not have. Use backbone=metanet_conv."
             )
         at_least("algorithm.chunks", chunks, 1, whole=True)
-        self.chunks = chunks
+        one_of("algorithm.init", init, ("lecun", "torch"))
+        self.chunks, self.init = chunks, init
         self.layers, self.augmented = len(model.convs), set(model.augmented)
 
     def check_sampler(self, sampler) -> None:
@@ -69,14 +70,17 @@ class MetaNet(Algorithm):
             )
 
     def init_params(self) -> dict:
-        """b's weights (`base.`), u's (`embed.`, a twin with its own initialisation) and the generators (`meta.`).
+        """b's weights (`base.`), u's (`embed.`, a twin drawn afresh) and the generators (`meta.`), drawn as `init`
+        says.
 
-        Each generator's output bias is set so that a zero gradient gives a zero fast weight. With torch's default
-        initialisation alone, a generator gives nearly one value to every coordinate (most gradients are tiny, so
-        their features sit near (-1, 0)); where that value is negative, `relu(W* h)` is zero at every conv layer
-        (its inputs are non-negative) and the generator never receives a gradient (seen in a plain reimplementation
-        with Chainer's default initialisation). Centred, the fast weights take the signs of the gradients and both
-        paths train."""
+        `lecun` is the authors' Chainer v1 defaults: every weight normal with std sqrt(1 / fan_in), biases and the
+        forget bias zero. `torch` is torch's defaults with each generator's output bias set so that a zero
+        gradient gives a zero fast weight (metaexp's earlier choice, kept as an ablation). They differ most in
+        scale: a bias-free ReLU layer keeps half the second moment of its input under LeCun's std and a sixth
+        under torch's uniform bound 1/sqrt(fan_in), so after six such layers torch's twins start with logits
+        near zero and loss gradients, the meta information, near zero too."""
+        if self.init == "lecun":
+            return self.lecun_params()
         twin = copy.deepcopy(self.model)
         for module in twin.modules():
             if hasattr(module, "reset_parameters"):
@@ -104,6 +108,28 @@ class MetaNet(Algorithm):
                 params[f"meta.mlp.{name}.b2"] -= self.mlp(params, name, zero)
         return params
 
+    def lecun_params(self) -> dict:
+        """Chainer v1's defaults (the API MetaNetFull.py is written in): L.Convolution2D, L.Linear and L.LSTM's
+        two linear maps draw normal weights with std sqrt(1 / fan_in); biases start at zero (batch norm, in the
+        partial network, at scale one and shift zero)."""
+
+        def lecun(shape):
+            return torch.randn(shape) * math.sqrt(1 / math.prod(shape[1:]))
+
+        params = {
+            f"{twin}.{k}": lecun(p.shape) if p.dim() > 1 else p.detach().clone()
+            for twin in ("base", "embed")
+            for k, p in self.model.named_parameters()
+        }
+        for name in KINDS:
+            lstm = {"w_ih": lecun((4 * HIDDEN, 2)), "w_hh": lecun((4 * HIDDEN, HIDDEN)), "b": torch.zeros(4 * HIDDEN),
+                    "w_out": lecun((1, HIDDEN)), "b_out": torch.zeros(1)}  # fmt: skip
+            params.update({f"meta.lstm.{name}.{k}": v for k, v in lstm.items()})
+            for i, (fan_out, fan_in) in enumerate([(HIDDEN, 2), (HIDDEN, HIDDEN), (1, HIDDEN)]):
+                params[f"meta.mlp.{name}.w{i}"] = lecun((fan_out, fan_in))
+                params[f"meta.mlp.{name}.b{i}"] = torch.zeros(fan_out)
+        return params
+
     def forward(self, weights: dict, fast: dict | None, x, key: bool = False):
         """The augmented network on `x` `[n, C, H, W]`; `key=True` stops at fc1's pre-activation, Q h + Q* h."""
 
@@ -126,21 +152,27 @@ class MetaNet(Algorithm):
         return slow + (quick if quick is not None else 0)
 
     def lstm(self, params: dict, name: str, sequence: torch.Tensor) -> torch.Tensor:
-        """Coordinate-wise LSTM(2->20) + Linear(20->1) over `sequence` `[T, P, 2]`; the last output `[P]`."""
+        """Coordinate-wise LSTM(2->20) + Linear(20->1) over `sequence` `[T, P, 2]`; the last output `[P]`. Each
+        step's gates are one matrix product of (x, h) with (W_ih, W_hh) plus the bias; the first step starts from
+        h = c = 0, so it needs neither W_hh nor the forget gate."""
         p = with_prefix(params, f"meta.lstm.{name}.")
-        h = c = sequence.new_zeros(sequence.shape[1], HIDDEN)
-        for x in sequence:
-            i, f, g, o = (x @ p["w_ih"].T + h @ p["w_hh"].T + p["b"]).chunk(4, -1)
+        weights = torch.cat([p["w_ih"], p["w_hh"]], 1)
+        i, _, g, o = F.linear(sequence[0], p["w_ih"], p["b"]).chunk(4, -1)
+        c = torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        for x in sequence[1:]:
+            i, f, g, o = F.linear(torch.cat([x, h], -1), weights, p["b"]).chunk(4, -1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
-        return (h @ p["w_out"].T + p["b_out"]).squeeze(-1)
+        return F.linear(h, p["w_out"], p["b_out"]).squeeze(-1)
 
     def mlp(self, params: dict, name: str, features: torch.Tensor) -> torch.Tensor:
-        """Coordinate-wise MLP 2->20->20->1 on `features` `[..., 2]`."""
+        """Coordinate-wise MLP 2->20->20->1 on `features` `[..., 2]`, computed on rows `[-1, 2]` (a matrix
+        product with the bias fused)."""
         p = with_prefix(params, f"meta.mlp.{name}.")
-        h = F.relu(F.linear(features, p["w0"], p["b0"]))
+        h = F.relu(F.linear(features.reshape(-1, 2), p["w0"], p["b0"]))
         h = F.relu(F.linear(h, p["w1"], p["b1"]))
-        return F.linear(h, p["w2"], p["b2"]).squeeze(-1)
+        return F.linear(h, p["w2"], p["b2"]).view(features.shape[:-1])
 
     def task_fast_weights(self, params: dict, embed: dict, support_x, support_y) -> dict:
         """Q*: the gradients of u's loss on each support chunk, through the LSTM over the chunks."""
