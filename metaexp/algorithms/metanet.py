@@ -23,6 +23,7 @@ from torch.func import functional_call, grad, vmap
 
 from metaexp.algorithms.base import Algorithm
 from metaexp.backbones import with_prefix
+from metaexp.backbones.metanet_conv import MetaNetConv
 from metaexp.errors import MetaexpError
 from metaexp.schema import at_least, one_of
 
@@ -48,7 +49,7 @@ class MetaNet(Algorithm):
 
     def __init__(self, model, objective, chunks: int = 5, init: str = "lecun"):
         super().__init__(model, objective)
-        if not all(hasattr(model, part) for part in ("convs", "norms", "fc1", "head", "augmented")):
+        if not isinstance(model, MetaNetConv):
             raise MetaexpError(
                 f"metanet augments the layers of its twin networks with fast weights and needs their shape "
                 f"(conv layers, fc1, head without biases, the names of the augmented weights), which "
@@ -82,9 +83,8 @@ class MetaNet(Algorithm):
         if self.init == "lecun":
             return self.lecun_params()
         twin = copy.deepcopy(self.model)
-        for module in twin.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        for module in [*twin.convs, twin.fc1, twin.head]:  # batch norm starts at scale one, shift zero anyway
+            module.reset_parameters()
         params = {f"base.{k}": p.detach().clone() for k, p in self.model.named_parameters()}
         params.update({f"embed.{k}": p.detach().clone() for k, p in twin.named_parameters()})
         zero = gradient_features(torch.zeros(1))  # the features of a zero gradient, [1, 2]
