@@ -190,3 +190,18 @@ def test_partial_network_has_fast_weights_only_where_the_authors_put_them():
     assert any(k.startswith("base.norms.2.") for k in params)
     mini = MetaNetConv(5, in_channels=3, image_size=84, hidden=32, norm_layers=3, fast_convs=2)
     assert mini.embedding_size == 288 and mini(torch.zeros(2, 3, 84, 84)).shape == (2, 5)
+
+
+def test_metanet_minus_leaves_the_lstm_out():
+    """task_fast_weights=false: u's keys use its slow weights only, so the LSTM gets no gradient and changing its
+    weights changes nothing, while the memory's MLP still learns."""
+    torch.manual_seed(0)
+    algorithm = MetaNet(MetaNetConv(WAYS, hidden=HIDDEN), CLASSIFICATION, task_fast_weights=False)
+    params = {k: v.requires_grad_() for k, v in algorithm.init_params().items()}
+    batch = TaskBatch(*(t.float() if t.is_floating_point() else t for t in tasks(0)))
+    loss = algorithm.meta_loss(params, batch)[0]
+    loss.backward()
+    assert all(v.grad is None for k, v in params.items() if k.startswith("meta.lstm."))
+    assert all(v.grad is not None for k, v in params.items() if k.startswith("meta.mlp."))
+    shifted = {k: v + 1 if k.startswith("meta.lstm.") else v for k, v in params.items()}
+    assert algorithm.meta_loss(shifted, batch)[0].item() == loss.item()

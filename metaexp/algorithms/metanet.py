@@ -47,7 +47,7 @@ class MetaNet(Algorithm):
 
     training_norm = False
 
-    def __init__(self, model, objective, chunks: int = 5, init: str = "lecun"):
+    def __init__(self, model, objective, chunks: int = 5, init: str = "lecun", task_fast_weights: bool = True):
         super().__init__(model, objective)
         if not isinstance(model, MetaNetConv):
             raise MetaexpError(
@@ -57,7 +57,7 @@ class MetaNet(Algorithm):
             )
         at_least("algorithm.chunks", chunks, 1, whole=True)
         one_of("algorithm.init", init, ("lecun", "torch"))
-        self.chunks, self.init = chunks, init
+        self.chunks, self.init, self.task_level = chunks, init, task_fast_weights
         self.layers, self.augmented = len(model.convs), set(model.augmented)
 
     def check_sampler(self, sampler) -> None:
@@ -204,7 +204,8 @@ class MetaNet(Algorithm):
 
     def adapt(self, params: dict, support_x, support_y):
         base, embed = with_prefix(params, "base."), with_prefix(params, "embed.")
-        embed_fast = self.task_fast_weights(params, embed, support_x, support_y)
+        # The paper's MetaNet- ablation: keys from u's slow weights alone, no LSTM.
+        embed_fast = self.task_fast_weights(params, embed, support_x, support_y) if self.task_level else None
         memory = self.memory(params, base, support_x, support_y)
         support_keys = self.forward(embed, embed_fast, support_x, key=True)
 
