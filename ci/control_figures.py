@@ -94,7 +94,7 @@ def figure3(runs: Path, out: Path) -> None:
         for method, regressor in regressors.items():
             flight = fly(reference, regressor, Gains.scaled(), lambda q, dq: wind_drag(q, dq, wind), test.dt)
             plane.plot(flight.q[0, :, 0], flight.q[0, :, 1], color=COLOURS[method], label=NAMES[method])
-            gap = torch.cat([flight.q - flight.r, flight.dq - flight.dr], -1)[0].norm(dim=-1)
+            gap = flight.error()[0].norm(dim=-1)
             error.plot(
                 times, gap, color=COLOURS[method], label=f"{NAMES[method]} (RMS {gap.square().mean().sqrt():.3f})"
             )

@@ -259,7 +259,7 @@ plane.plot(*reference[0][0, :, :2].T, "k--", label="reference")
 times = torch.arange(reference[0].shape[1]) * flights.dt
 for (name, flight), colour in zip(flown.items(), ("tab:gray", "tab:blue")):
     plane.plot(*flight.q[0, :, :2].T, color=colour, label=name)
-    gap = torch.cat([flight.q - flight.r, flight.dq - flight.dr], -1)[0].norm(dim=-1)  # positions and velocities
+    gap = flight.error()[0].norm(dim=-1)  # positions and velocities
     error.plot(times, gap, color=colour, label=f"{name} (RMS {gap.square().mean().sqrt():.3f})")
 plane.set_title(f"one test reference, wind {float(wind[0]):.1f} m/s")
 plane.set_xlabel("x (m)")

@@ -62,7 +62,7 @@ class ControlOriented(ControlAlgorithm):
         reference = references.split(3, -1)
         advance = partial(self.advance, params=params, model=model, gains=gains)
         flight = fly(reference, self.regressor(params), gains, partial(modelled_drag, model), self.dt, advance=advance)
-        errors = torch.cat([flight.q - flight.r, flight.dq - flight.dr], -1).square().sum(-1)
+        errors = flight.error().square().sum(-1)
         return errors.mean(-1), flight.u.square().sum(-1).mean(-1), errors.mean(-1).sqrt()
 
     def task_loss(self, params, support_x, support_y, query_x, query_y, step):

@@ -88,10 +88,13 @@ class Flight(NamedTuple):
     r: torch.Tensor
     dr: torch.Tensor
 
+    def error(self) -> torch.Tensor:
+        """The tracking error, positions and velocities together, `[..., T, 6]`."""
+        return torch.cat([self.q - self.r, self.dq - self.dr], -1)
+
     def rms_error(self) -> torch.Tensor:
-        """Per flight, the RMS over time of the tracking error's norm, positions and velocities together."""
-        error = torch.cat([self.q - self.r, self.dq - self.dr], -1)
-        return error.square().sum(-1).mean(-1).sqrt()
+        """Per flight, the RMS over time of the tracking error's norm."""
+        return self.error().square().sum(-1).mean(-1).sqrt()
 
     def rms_control(self) -> torch.Tensor:
         return self.u.square().sum(-1).mean(-1).sqrt()
