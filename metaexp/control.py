@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from metaexp.datasets.rotorcraft import (
+    FLOWN_ATTITUDE,
     SHAPES,
     Flights,
     Gains,
@@ -317,7 +318,8 @@ class ClosedLoopSampler(ControlSampler):
                 self.subsample(), self.ensemble_epochs, torch.Generator().manual_seed(self.seed)
             )
         models = self.ensembles[key][torch.randperm(self.trajectories, generator=generator)]
-        reference = torch.cat(spline_references(self.references, self.duration, data.dt, generator), -1).float()
+        flown = spline_references(self.references, self.duration, data.dt, generator, FLOWN_ATTITUDE)
+        reference = torch.cat(flown, -1).float()
         keep_models = max(1, int(self.train_fraction * self.trajectories))
         keep_refs = max(1, int(self.train_fraction * self.references))
         training = self.split == "train"

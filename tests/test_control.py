@@ -66,7 +66,7 @@ def test_minimum_snap_pieces_pass_the_knots_at_rest_smoothly_and_at_least_cost()
 
 
 def test_sampled_references_have_the_derivatives_of_their_positions_and_start_at_rest():
-    splines = random_splines(3, torch.Generator().manual_seed(1), duration=5.0)
+    splines = random_splines(3, torch.Generator().manual_seed(1), duration=5.0, bound=(math.inf, math.inf, 0.7))
     t = torch.arange(0, 5.0001, 1e-3, dtype=torch.float64)
     r, dr, ddr = sample_splines(splines, t)
     assert r.shape == (3, len(t), 3) and r[:, 0].abs().max() == 0 and dr[:, 0].abs().max() < 1e-9
@@ -77,6 +77,17 @@ def test_sampled_references_have_the_derivatives_of_their_positions_and_start_at
     # knot sees the jump of the third.
     torch.testing.assert_close(numeric[..., 2], ddr[:, 1:-1, 2], rtol=0, atol=5e-2)
     assert r[..., 2].abs().max() <= math.pi / 3
+
+
+def test_training_flights_tilt_further_than_the_references_flown_at_test():
+    """The authors draw the PD training flights' attitude knots within pi/3 and the test's within 0.7 pi/3: the
+    training states cover attitudes (beyond 1 rad) that the test references seldom ask for."""
+    data = RotorcraftWind(trajectories=200, duration=10.0, test_references=200, test_duration=10.0)
+    beyond = [
+        (phi.abs() > 1.0).double().mean()
+        for phi in (data.split("train").q[..., 2], data.split("test").reference[0][..., 2])
+    ]
+    assert beyond[0] > 0.02 and beyond[1] < 0.005
 
 
 def test_the_training_flights_show_the_true_drag():

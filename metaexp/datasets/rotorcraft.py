@@ -23,6 +23,10 @@ import torch
 from metaexp.datasets.splines import spline_references
 from metaexp.schema import at_least
 
+# The references' attitude knots stay within these bounds: the authors' generate_data.py draws the PD training
+# flights' up to pi/3, test_all.py and train_ours.py the test's and the closed-loop training's up to 0.7 pi/3.
+TRAINING_ATTITUDE, FLOWN_ATTITUDE = math.pi / 3, 0.7 * math.pi / 3
+
 GRAVITY = 9.81
 DRAG = (0.1, 1.0)
 
@@ -285,13 +289,13 @@ class RotorcraftWind:
 
     def flights(self) -> Flights:
         generator = torch.Generator().manual_seed(self.seed)
-        reference = spline_references(self.trajectories, self.duration, self.dt, generator)
+        reference = spline_references(self.trajectories, self.duration, self.dt, generator, TRAINING_ATTITUDE)
         wind = self.wind_max * beta_order_statistic(self.trajectories, *self.wind_beta, generator)
         flown = track_pd(reference, lambda q, dq: wind_drag(q, dq, wind), self.dt)
         return Flights(flown.q.float(), flown.dq.float(), flown.u.float(), wind.float(), self.dt)
 
     def test_flights(self) -> TestFlights:
         generator = torch.Generator().manual_seed(self.seed + 20)  # the authors' offset: no training reference
-        reference = spline_references(self.test_references, self.test_duration, self.dt, generator)
+        reference = spline_references(self.test_references, self.test_duration, self.dt, generator, FLOWN_ATTITUDE)
         wind = self.test_wind_max * beta_order_statistic(self.test_references, *self.test_wind_beta, generator)
         return TestFlights(tuple(x.float() for x in reference), wind.float(), self.dt)

@@ -81,7 +81,7 @@ def random_splines(
     orders=(9, 9, 6),
     smooth=(4, 4, 2),
     step=(2.0, 2.0, math.pi / 6),
-    bound=(math.inf, math.inf, 0.7 * math.pi / 3),
+    bound=(math.inf, math.inf, math.pi / 3),
 ) -> Splines:
     """`count` references of `duration` seconds: knots a random walk from the origin with steps uniform in
     +-`step` per axis, clipped to +-`bound`, at times proportional to the distances between them."""
@@ -125,7 +125,9 @@ def sample_splines(splines: Splines, t: torch.Tensor, clip=(math.inf, math.inf, 
     return tuple(torch.stack(parts, -1) for parts in zip(*out))
 
 
-def spline_references(count: int, duration: float, dt: float, generator: torch.Generator) -> tuple:
-    """(r, dr, ddr) `[count, T, 3]` each in float64: `count` random references sampled every `dt` s."""
+def spline_references(count: int, duration: float, dt: float, generator: torch.Generator, attitude: float) -> tuple:
+    """(r, dr, ddr) `[count, T, 3]` each in float64: `count` random references sampled every `dt` s, their attitude
+    knots within +-`attitude` (the authors: pi/3 for the PD training flights, 0.7 pi/3 for the references the
+    control-oriented method trains on and for the test's)."""
     times = torch.arange(round(duration / dt) + 1, dtype=torch.float64) * dt
-    return sample_splines(random_splines(count, generator, duration), times)
+    return sample_splines(random_splines(count, generator, duration, bound=(math.inf, math.inf, attitude)), times)
