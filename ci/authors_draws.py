@@ -20,8 +20,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-GAINS = [(1, 10, 10), (1, 1, 1), (1, 1, 10), (1, 10, 1)]  # test_all.py's grid, in metaexp's order
-
 
 def draw(repo: Path, out: Path, seeds: list) -> None:
     import jax
@@ -70,28 +68,29 @@ def draw(repo: Path, out: Path, seeds: list) -> None:
 
 
 def loaded(path: Path) -> tuple:
+    """(r, dr, ddr, wind) of a drawn file, in float64."""
     import numpy as np
     import torch
 
     drawn = np.load(path)
-    return tuple(torch.as_tensor(drawn[k]).double() for k in ("r", "dr", "ddr")), torch.as_tensor(drawn["wind"])
+    return tuple(torch.as_tensor(drawn[k]).double() for k in ("r", "dr", "ddr", "wind"))
 
 
 def fly_them(args) -> None:
     import numpy as np
     from fly_authors_models import unpickled
 
+    from metaexp.control import FOUR_GAINS
     from metaexp.datasets.rotorcraft import Gains, fly, integral_features, wind_drag
 
     print("| seed | gains (Λ/K/Γ) | metaexp on their references | their PID | largest difference on one reference |")
     print("| --- | --- | --- | --- | --- |")
     for seed in args.seeds:
-        reference, wind = loaded(args.out / f"test-seed{seed}.npz")
-        wind = wind.double()
+        *reference, wind = loaded(args.out / f"test-seed{seed}.npz")
         results = unpickled(args.repo / "test_results" / f"seed={seed}_M=10.pkl")
         grid = results["gains"]  # {"Λ": (1,), "K": (1, 10), "P": (1, 10)}
-        for gains in GAINS:
-            flight = fly(reference, integral_features, Gains(*(x.double() for x in Gains.scaled(*gains))),
+        for gains in FOUR_GAINS:
+            flight = fly(tuple(reference), integral_features, Gains(*(x.double() for x in Gains.scaled(*gains))),
                          lambda q, dq: wind_drag(q, dq, wind), 0.01)  # fmt: skip
             ours = flight.rms_error().numpy()
             index = (grid["Λ"].index(gains[0]), grid["K"].index(gains[1]), grid["P"].index(gains[2]))
@@ -108,10 +107,10 @@ def train_on_them(args) -> None:
     from metaexp.configs import compose
     from metaexp.datasets import rotorcraft
 
-    reference, wind = loaded(args.out / "train.npz")
+    *reference, wind = loaded(args.out / "train.npz")
     chosen = np.asarray(unpickled(args.repo / "train_results" / "lstsq" / f"seed={args.seed}_M={args.M}.pkl")
                         ["hparams"]["subtraj_idx"])  # fmt: skip
-    reference, wind = tuple(x[chosen] for x in reference), wind[chosen].double()
+    reference, wind = tuple(x[chosen] for x in reference), wind[chosen]
     flown = rotorcraft.track_pd(reference, lambda q, dq: rotorcraft.wind_drag(q, dq, wind), 0.01)
     flights = rotorcraft.Flights(flown.q.float(), flown.dq.float(), flown.u.float(), wind.float(), 0.01)
     rotorcraft.RotorcraftWind.flights = lambda self: flights  # the test set stays metaexp's

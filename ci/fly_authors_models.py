@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metaexp.control import FOUR_GAINS
 from metaexp.datasets.rotorcraft import Gains, RotorcraftWind, fly, wind_drag
-
-GAINS = [(1, 10, 10), (1, 1, 1), (1, 1, 10), (1, 10, 1)]
 
 
 def unpickled(path: Path) -> dict:
@@ -62,7 +61,7 @@ def main() -> None:
         for m in args.M:
             models = [unpickled(args.repo / "train_results" / method / f"seed={s}_M={m}.pkl")["model"]
                       for s in args.seeds]  # fmt: skip
-            for gains in GAINS:
+            for gains in FOUR_GAINS:
                 errors = []
                 with torch.no_grad():
                     for model in models:

@@ -77,11 +77,11 @@ def random_splines(
     count: int,
     generator: torch.Generator,
     duration: float,
+    bound: tuple,
     knots: int = 6,
     orders=(9, 9, 6),
     smooth=(4, 4, 2),
     step=(2.0, 2.0, math.pi / 6),
-    bound=(math.inf, math.inf, math.pi / 3),
 ) -> Splines:
     """`count` references of `duration` seconds: knots a random walk from the origin with steps uniform in
     +-`step` per axis, clipped to +-`bound`, at times proportional to the distances between them."""
