@@ -2,15 +2,17 @@
 # Richards et al. 2021's Figure 4 study on this machine: for each seed, M = 2, 10, 50 (M = 50 for the first
 # three seeds only), ACMRR, the control-oriented method, MAML, ANIL and Meta-SGD, each preset trained and evaluated by
 # `metaexp reproduce` and its best.pt evaluated too; then the figures. One thread per run.
-# Usage: ci/rotorcraft_study.sh OUT [SEEDS...]   (default seeds 0..9; OUT/runs, OUT/records)
+# Usage: [METHODS="acmrr ..."] ci/rotorcraft_study.sh OUT [SEEDS...]   (default: all five methods, seeds 0..9;
+# OUT/runs, OUT/records)
 set -u
 out=$1; shift
 seeds=${*:-0 1 2 3 4 5 6 7 8 9}
+methods=${METHODS:-acmrr control_oriented maml anil metasgd}
 export OMP_NUM_THREADS=1
 for s in $seeds; do
   for m in 2 10 50; do
     if [ "$s" -ge 3 ] && [ "$m" = 50 ]; then continue; fi
-    for method in acmrr control_oriented maml anil metasgd; do
+    for method in $methods; do
       preset=${method}_rotorcraft_m$m
       echo "=== $(date +%T) seed $s M $m $method"
       python -m metaexp reproduce "$preset" --device cpu --minutes 600 --set "seed=$s" \

@@ -2,13 +2,17 @@
 
 A resume may change how long and how fast the run trains (steps, logging, learning rate, schedule, device)
 but not what it learns (data, tasks, model, algorithm, seed): those keys are refused, with their old and new
-values, before anything is written.
+values, before anything is written. A setting added to a component since the checkpoint was written is accepted
+at the default of that component's constructor: options enter the code with the default that keeps the old
+behaviour, so such a run learns what it learned before.
 """
 
+import inspect
 import logging
 from pathlib import Path
 
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from metaexp import checkpoint, distributed, rundir
@@ -59,10 +63,29 @@ def is_safe(key: str) -> bool:
     return key.startswith(SAFE) and not key.endswith("._target_")
 
 
+def added_at_default(key: str, saved: dict, cfg: DictConfig) -> bool:
+    """Whether `key` is absent from the saved config and set, in `cfg`, to the default of the constructor that
+    its node's `_target_` names (with the same `_target_` saved): an option added since, left as it was."""
+    parent, _, name = key.rpartition(".")
+    old, node = flat(saved), OmegaConf.select(cfg, parent) if parent else None
+    if key in old or not isinstance(node, DictConfig) or old.get(f"{parent}._target_") != node.get("_target_"):
+        return False
+    try:
+        default = inspect.signature(get_class(node["_target_"])).parameters[name].default
+    except (ImportError, KeyError, TypeError, ValueError):
+        return False
+    return default is not inspect.Parameter.empty and default == node[name]
+
+
+def continuable(saved: dict, cfg: DictConfig) -> tuple:
+    """(the changes a resume applies, those that forbid it) between a checkpoint's config and `cfg`."""
+    found = [c for c in changes(saved, cfg) if not added_at_default(c[0], saved, cfg)]
+    return [c for c in found if is_safe(c[0])], [c for c in found if not is_safe(c[0])]
+
+
 def check_changes(saved: dict, cfg: DictConfig, source: Path) -> list:
     """The safe changes to apply on resume; raise naming the others."""
-    found = changes(saved, cfg)
-    unsafe = [c for c in found if not is_safe(c[0])]
+    safe, unsafe = continuable(saved, cfg)
     if unsafe:
         listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in unsafe[:6])
         raise RunDirError(
@@ -70,7 +93,7 @@ def check_changes(saved: dict, cfg: DictConfig, source: Path) -> list:
             f"only steps, logging, device, learning rate and schedule. Put those settings back, or start a new "
             f"run without trainer.resume. Nothing was written."
         )
-    return [c for c in found if c[0] != "trainer.resume"]
+    return [c for c in safe if c[0] != "trainer.resume"]
 
 
 def find_resume(cfg: DictConfig, run_dir: Path, outputs_root: Path | None) -> tuple:
@@ -113,7 +136,7 @@ def newest_match(cfg: DictConfig, run_dir: Path, outputs_root: Path) -> tuple:
             state = checkpoint.load(candidate)
         except MetaexpError:
             continue
-        if all(is_safe(key) for key, _, _ in changes(state["config"], cfg)):
+        if not continuable(state["config"], cfg)[1]:
             return checked(candidate, cfg)
     return None, None
 

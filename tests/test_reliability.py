@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import OMNIGLOT_LAKE, TINY, make_layout, metrics, run_inline
+from metaexp.rundir import RunDirError
 
 
 # Long enough (about 8 s of training after 6 s of start-up here) that signals and kills land mid-training;
@@ -184,6 +185,24 @@ def test_resume_with_a_changed_backbone_or_seed_is_refused_before_anything_is_wr
         assert result.returncode == 2 and "Cannot resume" in result.stdout and named in result.stdout, result.stdout
         assert refused_at_once(result)
         assert snapshot(run) == before
+
+
+def test_a_setting_added_since_the_checkpoint_resumes_at_its_default_and_is_refused_at_another_value(tmp_path):
+    from omegaconf import OmegaConf
+
+    from metaexp.configs import compose
+    from metaexp.resume import check_changes
+
+    cfg = compose(["experiment=metanet_omniglot_5w1s"])
+    saved = OmegaConf.to_container(cfg, resolve=False)
+    del saved["algorithm"]["task_fast_weights"]  # as a checkpoint written before the option existed
+    assert check_changes(saved, cfg, tmp_path) == []
+    for changed in (
+        compose(["experiment=metanet_omniglot_5w1s", "algorithm.task_fast_weights=false"]),
+        compose(["experiment=maml_omniglot_5w1s"]),  # another algorithm: its own keys are no default of MetaNet's
+    ):
+        with pytest.raises(RunDirError, match="Cannot resume"):
+            check_changes(saved, changed, tmp_path)
 
 
 def test_a_non_finite_validation_value_is_never_saved_as_best(tmp_path):
