@@ -124,6 +124,49 @@ def test_vectorised_metanet_equals_the_loop_reference_in_float64(seed, init):
         assert (a - b).norm() <= 1e-6 * b.norm(), group  # a group without gradient in both: exactly zero
 
 
+def test_coordinate_generators_equal_torchs_lstm_and_mlp_per_task_in_float64(monkeypatch):
+    """The blocked generators with their hand-written backward against nn.LSTM and nn.Sequential under autograd,
+    vmapped over 3 tasks (the tasks' coordinates stacked into one call) and over 3 draws of the generators' own
+    weights (one call per draw), in blocks of 7 coordinates (the last one short); inputs' gradients included."""
+    from torch.func import vmap
+
+    from metaexp.algorithms import coordinatewise
+
+    monkeypatch.setattr(coordinatewise, "BLOCK", 7)
+    torch.manual_seed(0)
+    algorithm = MetaNet(MetaNetConv(WAYS, hidden=HIDDEN), CLASSIFICATION)
+    draws = [{k: v.double() for k, v in algorithm.init_params().items()} for _ in range(3)]
+    inputs = {"lstm": gradient_features(torch.randn(3, 5, 30, dtype=torch.float64) * 1e-3 * torch.rand(3, 1, 30)),
+              "mlp": torch.rand(3, 30, 2, dtype=torch.float64) * 2 - 1}  # fmt: skip
+
+    def run(generate, name, tasks, params: dict, per_draw: bool):
+        """(outputs, the inputs' gradient, each weight's gradient) of a weighted sum of the outputs."""
+        own = sorted(k for k in params if k.startswith(f"meta.{name}.conv."))
+        params = {k: v.clone().requires_grad_(k in own) for k, v in params.items()}
+        tasks = tasks.clone().requires_grad_()
+        output = generate(name, params, tasks, per_draw)
+        (output * torch.linspace(-1, 2, output.numel(), dtype=output.dtype).view_as(output)).sum().backward()
+        return [output, tasks.grad, *(params[k].grad for k in own)]
+
+    def ours(name, params, tasks, per_draw):
+        generator = getattr(algorithm, name)
+        if per_draw:
+            return vmap(lambda p, x: generator(p, "conv", x))(params, tasks)
+        return vmap(lambda x: generator(params, "conv", x))(tasks)
+
+    def theirs(name, params, tasks, per_draw):
+        pick = 0 if name == "lstm" else 1
+        draw = [{k: v[i] for k, v in params.items()} if per_draw else params for i in range(len(tasks))]
+        return torch.stack([generators(draw[i], "conv")[pick](x) for i, x in enumerate(tasks)])
+
+    stacked = {k: torch.stack([d[k] for d in draws]) for k in draws[0]}
+    for name in ("lstm", "mlp"):
+        for params, per_draw in ((draws[0], False), (stacked, True)):
+            a, b = (run(generate, name, inputs[name], params, per_draw) for generate in (ours, theirs))
+            for x, y in zip(a, b, strict=True):
+                assert (x - y).abs().max() <= 1e-12 * (1 + y.abs().max()), name
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_centred_generators_give_every_group_a_gradient(seed):
     """Under init=torch the generators' outputs are centred on a zero gradient, so no fast path starts dead."""

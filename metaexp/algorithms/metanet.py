@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from metaexp.algorithms.base import Algorithm
+from metaexp.algorithms.coordinatewise import CoordinateLSTM, CoordinateMLP
 from metaexp.backbones import with_prefix
 from metaexp.backbones.metanet_conv import MetaNetConv
 from metaexp.errors import MetaexpError
@@ -152,27 +153,15 @@ class MetaNet(Algorithm):
         return slow + (quick if quick is not None else 0)
 
     def lstm(self, params: dict, name: str, sequence: torch.Tensor) -> torch.Tensor:
-        """Coordinate-wise LSTM(2->20) + Linear(20->1) over `sequence` `[T, P, 2]`; the last output `[P]`. Each
-        step's gates are one matrix product of (x, h) with (W_ih, W_hh) plus the bias; the first step starts from
-        h = c = 0, so it needs neither W_hh nor the forget gate."""
+        """Coordinate-wise LSTM(2->20) + Linear(20->1) over `sequence` `[T, P, 2]`; the last output `[P]`."""
         p = with_prefix(params, f"meta.lstm.{name}.")
-        weights = torch.cat([p["w_ih"], p["w_hh"]], 1)
-        i, _, g, o = F.linear(sequence[0], p["w_ih"], p["b"]).chunk(4, -1)
-        c = torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        for x in sequence[1:]:
-            i, f, g, o = F.linear(torch.cat([x, h], -1), weights, p["b"]).chunk(4, -1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-        return F.linear(h, p["w_out"], p["b_out"]).squeeze(-1)
+        return CoordinateLSTM.apply(sequence, p["w_ih"], p["w_hh"], p["b"], p["w_out"], p["b_out"])
 
     def mlp(self, params: dict, name: str, features: torch.Tensor) -> torch.Tensor:
-        """Coordinate-wise MLP 2->20->20->1 on `features` `[..., 2]`, computed on rows `[-1, 2]` (a matrix
-        product with the bias fused)."""
+        """Coordinate-wise MLP 2->20->20->1 on `features` `[..., 2]`."""
         p = with_prefix(params, f"meta.mlp.{name}.")
-        h = F.relu(F.linear(features.reshape(-1, 2), p["w0"], p["b0"]))
-        h = F.relu(F.linear(h, p["w1"], p["b1"]))
-        return F.linear(h, p["w2"], p["b2"]).view(features.shape[:-1])
+        weights = [p[f"{kind}{i}"] for i in range(3) for kind in ("w", "b")]
+        return CoordinateMLP.apply(features.reshape(-1, 2), *weights).view(features.shape[:-1])
 
     def task_fast_weights(self, params: dict, embed: dict, support_x, support_y) -> dict:
         """Q*: the gradients of u's loss on each support chunk, through the LSTM over the chunks."""

@@ -1,0 +1,166 @@
+"""MetaNet's fast-weight generators, an LSTM over support chunks and an MLP, applied coordinate-wise: the same
+small weights run on every one of the ~150,000 coordinates of the twin networks.
+
+Written as plain tensor ops (gates `[P, 80]`), every gate is a strided slice, on which torch's elementwise CPU
+kernels run many times slower than on contiguous memory, and each of the dozens of elementwise steps streams
+tens of megabytes that autograd then keeps for the backward: the generators were most of a MetaNet step. Here
+coordinates come last (each gate a contiguous block), both generators run over blocks of coordinates small
+enough to stay in cache, and the backward recomputes a block's forward and back-propagates it at once, so
+nothing per coordinate is kept between the two passes; what is left is the matrix products' arithmetic. Both
+are `torch.autograd.Function`s whose vmap rule stacks the tasks' coordinates, so under the vmap over tasks they
+run once on plain matrices; tests/test_metanet.py checks them against autograd
+on the plain ops in float64.
+"""
+
+import torch
+
+HIDDEN = 20
+# Coordinates per block: a block's LSTM states over five chunks (~2 MB in float32) stay in a core's cache.
+BLOCK = 2048
+
+
+def blocks(*tensors_and_dims):
+    """Aligned slices of the (tensor, coordinate dimension) pairs, BLOCK coordinates at a time."""
+    size = tensors_and_dims[0][0].shape[tensors_and_dims[0][1]]
+    for start in range(0, size, BLOCK):
+        yield [t.narrow(dim, start, min(BLOCK, size - start)) for t, dim in tensors_and_dims]
+
+
+def stacked_tasks(function, info, in_dims, coordinates: int, inputs, *weights) -> tuple:
+    """The vmap rule of a coordinate-wise `function`: the tasks' coordinates stacked along dimension
+    `coordinates` of `inputs`, one call on all of them (so the kernels see plain matrices, not batches of
+    them); per-task generator weights, a vmap over the generators themselves, take one call per task."""
+    if any(dim is not None for dim in in_dims[1:]):
+        picked = [[x if dim is None else x.select(dim, k) for x, dim in zip((inputs, *weights), in_dims)]
+                  for k in range(info.batch_size)]  # fmt: skip
+        return torch.stack([function.apply(*args) for args in picked]), 0
+    if in_dims[0] is None:
+        return function.apply(inputs, *weights), None
+    stacked = inputs.movedim(in_dims[0], coordinates).flatten(coordinates, coordinates + 1)
+    return function.apply(stacked, *weights).view(info.batch_size, -1), 0
+
+
+def lstm_states(sequence, weights) -> list:
+    """Each step's (z, i, f, g, o, previous c, tanh c) of an LSTM on `sequence` `[T, 3, n]` (two features and a
+    row of ones) from h = c = 0, where z = (h, x, 1) is what `weights` = (W_hh, W_ih, b) multiplies: one matrix
+    product per step. States are `[20, n]`, coordinates last, so that each gate is a contiguous block (torch's
+    elementwise kernels are many times slower on strided slices); tanh is 2 sigmoid(2x) - 1 (several times
+    faster than torch.tanh here), and g's rows of `weights` come doubled, so one sigmoid gives all four gates
+    (torch's order i, f, g, o)."""
+    h = c = sequence.new_zeros(HIDDEN, sequence.shape[-1])
+    states = []
+    for x in sequence:
+        z = torch.cat([h, x])
+        i, f, g, o = torch.sigmoid(weights @ z).chunk(4)
+        g = 2 * g - 1
+        c_new = torch.addcmul(i * g, f, c)
+        tanh_c = 2 * torch.sigmoid(2 * c_new) - 1
+        states.append((z, i, f, g, o, c, tanh_c))
+        h, c = o * tanh_c, c_new
+    return states
+
+
+def lstm_inputs(sequence, w_ih, w_hh, b) -> tuple:
+    """(`sequence` `[T, P, 2]` as `[T, 3, P]` with a row of ones, the weights (W_hh, W_ih, b) `[80, 23]`, the
+    same with g's rows doubled for lstm_states)."""
+    ones = sequence.new_ones(sequence.shape[:-1])[..., None]
+    rows = torch.cat([sequence, ones], -1).transpose(1, 2).contiguous()
+    weights = torch.cat([w_hh, w_ih, b[:, None]], 1)
+    scale = torch.ones(4 * HIDDEN, 1, dtype=b.dtype, device=b.device)
+    scale[2 * HIDDEN : 3 * HIDDEN] = 2
+    return rows, weights, weights * scale
+
+
+class CoordinateLSTM(torch.autograd.Function):
+    """`lstm(sequence [T, P, 2], w_ih [80, 2], w_hh [80, 20], b [80], w_out [1, 20], b_out [1]) -> [P]`: the
+    LSTM's last hidden state through the output layer, for each coordinate."""
+
+    @staticmethod
+    def forward(sequence, w_ih, w_hh, b, w_out, b_out):
+        rows, _, doubled = lstm_inputs(sequence, w_ih, w_hh, b)
+        outputs = []
+        for (block,) in blocks((rows, 2)):
+            _, _, _, _, o, _, tanh_c = lstm_states(block, doubled)[-1]
+            outputs.append((w_out @ (o * tanh_c))[0] + b_out)
+        return torch.cat(outputs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def vmap(info, in_dims, sequence, *weights):
+        return stacked_tasks(CoordinateLSTM, info, in_dims, 1, sequence, *weights)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        sequence, w_ih, w_hh, b, w_out, b_out = ctx.saved_tensors
+        rows, weights, doubled = lstm_inputs(sequence, w_ih, w_hh, b)
+        grad_weights, grad_out, grad_rows = [], [], []
+        for block, grad in blocks((rows, 2), (grad_output, 0)):
+            states = lstm_states(block, doubled)
+            _, _, _, _, o, _, tanh_c = states[-1]
+            grad_out.append(grad[None] @ (o * tanh_c).T)
+            dh, dc, grad_x = w_out.T * grad, 0, []
+            for z, i, f, g, o, c, tanh_c in reversed(states):
+                dc = dc + dh * o * (1 - tanh_c * tanh_c)
+                # The gates' pre-activations, g's undoubled (d tanh(x) = 1 - tanh(x)^2).
+                dpre = torch.cat([dc * g * i * (1 - i), dc * c * f * (1 - f), dc * i * (1 - g * g),
+                                  dh * tanh_c * o * (1 - o)])  # fmt: skip
+                grad_weights.append(dpre @ z.T)
+                dz = weights.T @ dpre  # (dh, dx, d1) of the step before
+                dh, dc = dz[:HIDDEN], dc * f
+                grad_x.append(dz[HIDDEN : HIDDEN + 2])
+            grad_rows.append(torch.stack(grad_x[::-1]))
+        grad_w, grad_sequence = sum(grad_weights), torch.cat(grad_rows, 2).transpose(1, 2)  # (W_hh, W_ih, b) columns
+        grad_b_out = grad_output.sum(0, keepdim=True)
+        return grad_sequence, grad_w[:, HIDDEN:-1], grad_w[:, :HIDDEN], grad_w[:, -1], sum(grad_out), grad_b_out
+
+
+def with_ones(rows):
+    """`rows` `[k, n]` with a row of ones below: what (W, b) multiplies as one matrix."""
+    return torch.cat([rows, rows.new_ones(1, rows.shape[-1])])
+
+
+def mlp_layers(w0, b0, w1, b1, w2, b2) -> list:
+    """Each layer's (W, b) as one matrix `[out, in + 1]`."""
+    return [torch.cat([w, b[:, None]], 1) for w, b in ((w0, b0), (w1, b1), (w2, b2))]
+
+
+def mlp_states(x, layers) -> tuple:
+    """The inputs (with their row of ones) of the MLP's three layers on `x` `[2, n]`."""
+    z0 = with_ones(x)
+    z1 = with_ones(torch.relu(layers[0] @ z0))
+    return z0, z1, with_ones(torch.relu(layers[1] @ z1))
+
+
+class CoordinateMLP(torch.autograd.Function):
+    """`mlp(features [n, 2], w0 [20, 2], b0, w1 [20, 20], b1, w2 [1, 20], b2) -> [n]`: ReLU MLP 2->20->20->1 on each
+    row, computed with coordinates last and each layer's bias a column of its weights."""
+
+    @staticmethod
+    def forward(features, *weights):
+        layers = mlp_layers(*weights)
+        return torch.cat([(layers[2] @ mlp_states(x, layers)[2])[0] for (x,) in blocks((features.T.contiguous(), 1))])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def vmap(info, in_dims, features, *weights):
+        return stacked_tasks(CoordinateMLP, info, in_dims, 0, features, *weights)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        features, w0, _, w1, _, w2, _ = weights = ctx.saved_tensors
+        terms, grad_features, layers = [], [], mlp_layers(*weights[1:])
+        for x, grad in blocks((features.T.contiguous(), 1), (grad_output, 0)):
+            z0, z1, z2 = mlp_states(x, layers)
+            # ReLU's derivative is the sign of its output (0 or 1); far faster here than a boolean mask.
+            d1 = (w2.T * grad) * torch.sign(z2[:-1])
+            d0 = (w1.T @ d1) * torch.sign(z1[:-1])
+            terms.append((d0 @ z0.T, d1 @ z1.T, grad[None] @ z2.T))
+            grad_features.append(w0.T @ d0)
+        grads = [sum(values) for values in zip(*terms)]  # each layer's (W, b) as one matrix
+        return torch.cat(grad_features, 1).T, *(part for g in grads for part in (g[:, :-1], g[:, -1]))
