@@ -8,8 +8,7 @@ coordinates come last (each gate a contiguous block), both generators run over b
 enough to stay in cache, and the backward recomputes a block's forward and back-propagates it at once, so
 nothing per coordinate is kept between the two passes; what is left is the matrix products' arithmetic. Both
 are `torch.autograd.Function`s whose vmap rule stacks the tasks' coordinates, so under the vmap over tasks they
-run once on plain matrices; tests/test_metanet.py checks them against autograd
-on the plain ops in float64.
+run once on plain matrices; tests/test_metanet.py checks them against autograd on the plain ops in float64.
 """
 
 import torch
@@ -20,10 +19,13 @@ BLOCK = 2048
 
 
 def blocks(*tensors_and_dims):
-    """Aligned slices of the (tensor, coordinate dimension) pairs, BLOCK coordinates at a time."""
-    size = tensors_and_dims[0][0].shape[tensors_and_dims[0][1]]
-    for start in range(0, size, BLOCK):
-        yield [t.narrow(dim, start, min(BLOCK, size - start)) for t, dim in tensors_and_dims]
+    """Aligned slices of the (tensor, coordinate dimension) pairs, BLOCK coordinates at a time on the CPU; one
+    block on an accelerator, whose cost is the number of kernels launched rather than cache misses."""
+    first, dim = tensors_and_dims[0]
+    size = first.shape[dim]
+    step = BLOCK if first.device.type == "cpu" else size
+    for start in range(0, size, step):
+        yield [t.narrow(dim, start, min(step, size - start)) for t, dim in tensors_and_dims]
 
 
 def stacked_tasks(function, info, in_dims, coordinates: int, inputs, *weights) -> tuple:
