@@ -9,9 +9,10 @@ and an embedding network u (slow weights Q) of the same shape, each layer augmen
 - Example-level fast weights: for each support example, the gradient of b's loss on it w.r.t. W through a
   coordinate-wise MLP 2->20->20->1: the memory values M. Memory keys: u's fc1 pre-activation, `Q h + Q* h`.
 - A query reads W* = M^T softmax(cosine(key, support keys)) and is classified by b with (W, W*).
-Conv and fc coordinates have separate LSTMs and MLPs. Everything per task is batched (per-example gradients by
-vmap of grad, every query's fast weights by one einsum, the queries' forwards by vmap), and the base class
-vmaps the task over the meta-batch like every other algorithm.
+Conv and fc coordinates have separate LSTMs and MLPs, run by `coordinatewise` in cache-sized blocks (most of a
+step's arithmetic is theirs). Everything per task is batched (per-example gradients by vmap of grad, every
+query's fast weights by one einsum, the queries' forwards by vmap), and the base class vmaps the task over the
+meta-batch like every other algorithm.
 """
 
 import copy
