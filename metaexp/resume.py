@@ -63,11 +63,12 @@ def is_safe(key: str) -> bool:
     return key.startswith(SAFE) and not key.endswith("._target_")
 
 
-def added_at_default(key: str, saved: dict, cfg: DictConfig) -> bool:
-    """Whether `key` is absent from the saved config and set, in `cfg`, to the default of the constructor that
-    its node's `_target_` names (with the same `_target_` saved): an option added since, left as it was."""
+def added_at_default(key: str, old: dict, cfg: DictConfig) -> bool:
+    """Whether `key` is absent from the saved config (flattened, `old`) and set, in `cfg`, to the default of the
+    constructor that its node's `_target_` names (with the same `_target_` saved): an option added since, left
+    as it was."""
     parent, _, name = key.rpartition(".")
-    old, node = flat(saved), OmegaConf.select(cfg, parent) if parent else None
+    node = OmegaConf.select(cfg, parent) if parent else None
     if key in old or not isinstance(node, DictConfig) or old.get(f"{parent}._target_") != node.get("_target_"):
         return False
     try:
@@ -79,7 +80,8 @@ def added_at_default(key: str, saved: dict, cfg: DictConfig) -> bool:
 
 def continuable(saved: dict, cfg: DictConfig) -> tuple:
     """(the changes a resume applies, those that forbid it) between a checkpoint's config and `cfg`."""
-    found = [c for c in changes(saved, cfg) if not added_at_default(c[0], saved, cfg)]
+    old = flat(saved)
+    found = [c for c in changes(saved, cfg) if not added_at_default(c[0], old, cfg)]
     return [c for c in found if is_safe(c[0])], [c for c in found if not is_safe(c[0])]
 
 

@@ -7,8 +7,9 @@ tens of megabytes that autograd then keeps for the backward: the generators were
 coordinates come last (each gate a contiguous block), both generators run over blocks of coordinates small
 enough to stay in cache, and the backward recomputes a block's forward and back-propagates it at once, so
 nothing per coordinate is kept between the two passes; what is left is the matrix products' arithmetic. Both
-are `torch.autograd.Function`s whose vmap rule stacks the tasks' coordinates, so under the vmap over tasks they
-run once on plain matrices; tests/test_metanet.py checks them against autograd on the plain ops in float64.
+are `torch.autograd.Function`s (`Coordinatewise`) whose vmap rule stacks the tasks' coordinates, so under the
+vmap over tasks they run once on plain matrices; tests/test_metanet.py checks them against autograd on the
+plain ops in float64.
 """
 
 import torch
@@ -28,18 +29,28 @@ def blocks(*tensors_and_dims):
         yield [t.narrow(dim, start, min(step, size - start)) for t, dim in tensors_and_dims]
 
 
-def stacked_tasks(function, info, in_dims, coordinates: int, inputs, *weights) -> tuple:
-    """The vmap rule of a coordinate-wise `function`: the tasks' coordinates stacked along dimension
-    `coordinates` of `inputs`, one call on all of them (so the kernels see plain matrices, not batches of
-    them); per-task generator weights, a vmap over the generators themselves, take one call per task."""
-    if any(dim is not None for dim in in_dims[1:]):
-        picked = [[x if dim is None else x.select(dim, k) for x, dim in zip((inputs, *weights), in_dims)]
-                  for k in range(info.batch_size)]  # fmt: skip
-        return torch.stack([function.apply(*args) for args in picked]), 0
-    if in_dims[0] is None:
-        return function.apply(inputs, *weights), None
-    stacked = inputs.movedim(in_dims[0], coordinates).flatten(coordinates, coordinates + 1)
-    return function.apply(stacked, *weights).view(info.batch_size, -1), 0
+class Coordinatewise(torch.autograd.Function):
+    """What both generators share: their inputs saved for a backward that recomputes, and a vmap rule that
+    stacks the tasks' coordinates along dimension `coordinates` of the first input, one call on all of them (so
+    the kernels see plain matrices, not batches of them); per-task generator weights, a vmap over the
+    generators themselves, take one call per task."""
+
+    coordinates: int
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @classmethod
+    def vmap(cls, info, in_dims, inputs, *weights):
+        if any(dim is not None for dim in in_dims[1:]):
+            picked = [[x if dim is None else x.select(dim, k) for x, dim in zip((inputs, *weights), in_dims)]
+                      for k in range(info.batch_size)]  # fmt: skip
+            return torch.stack([cls.apply(*args) for args in picked]), 0
+        if in_dims[0] is None:
+            return cls.apply(inputs, *weights), None
+        stacked = inputs.movedim(in_dims[0], cls.coordinates).flatten(cls.coordinates, cls.coordinates + 1)
+        return cls.apply(stacked, *weights).view(info.batch_size, -1), 0
 
 
 def lstm_states(sequence, weights) -> list:
@@ -73,9 +84,11 @@ def lstm_inputs(sequence, w_ih, w_hh, b) -> tuple:
     return rows, weights, weights * scale
 
 
-class CoordinateLSTM(torch.autograd.Function):
+class CoordinateLSTM(Coordinatewise):
     """`lstm(sequence [T, P, 2], w_ih [80, 2], w_hh [80, 20], b [80], w_out [1, 20], b_out [1]) -> [P]`: the
     LSTM's last hidden state through the output layer, for each coordinate."""
+
+    coordinates = 1
 
     @staticmethod
     def forward(sequence, w_ih, w_hh, b, w_out, b_out):
@@ -85,14 +98,6 @@ class CoordinateLSTM(torch.autograd.Function):
             _, _, _, _, o, _, tanh_c = lstm_states(block, doubled)[-1]
             outputs.append((w_out @ (o * tanh_c))[0] + b_out)
         return torch.cat(outputs)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    @staticmethod
-    def vmap(info, in_dims, sequence, *weights):
-        return stacked_tasks(CoordinateLSTM, info, in_dims, 1, sequence, *weights)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -113,8 +118,10 @@ class CoordinateLSTM(torch.autograd.Function):
                 dz = weights.T @ dpre  # (dh, dx, d1) of the step before
                 dh, dc = dz[:HIDDEN], dc * f
                 grad_x.append(dz[HIDDEN : HIDDEN + 2])
-            grad_rows.append(torch.stack(grad_x[::-1]))
-        grad_w, grad_sequence = sum(grad_weights), torch.cat(grad_rows, 2).transpose(1, 2)  # (W_hh, W_ih, b) columns
+            if ctx.needs_input_grad[0]:  # meta information is a constant: usually not
+                grad_rows.append(torch.stack(grad_x[::-1]))
+        grad_w = sum(grad_weights)  # (W_hh, W_ih, b) columns
+        grad_sequence = torch.cat(grad_rows, 2).transpose(1, 2) if grad_rows else None
         grad_b_out = grad_output.sum(0, keepdim=True)
         return grad_sequence, grad_w[:, HIDDEN:-1], grad_w[:, :HIDDEN], grad_w[:, -1], sum(grad_out), grad_b_out
 
@@ -136,22 +143,16 @@ def mlp_states(x, layers) -> tuple:
     return z0, z1, with_ones(torch.relu(layers[1] @ z1))
 
 
-class CoordinateMLP(torch.autograd.Function):
+class CoordinateMLP(Coordinatewise):
     """`mlp(features [n, 2], w0 [20, 2], b0, w1 [20, 20], b1, w2 [1, 20], b2) -> [n]`: ReLU MLP 2->20->20->1 on each
     row, computed with coordinates last and each layer's bias a column of its weights."""
+
+    coordinates = 0
 
     @staticmethod
     def forward(features, *weights):
         layers = mlp_layers(*weights)
         return torch.cat([(layers[2] @ mlp_states(x, layers)[2])[0] for (x,) in blocks((features.T.contiguous(), 1))])
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    @staticmethod
-    def vmap(info, in_dims, features, *weights):
-        return stacked_tasks(CoordinateMLP, info, in_dims, 0, features, *weights)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -163,6 +164,8 @@ class CoordinateMLP(torch.autograd.Function):
             d1 = (w2.T * grad) * torch.sign(z2[:-1])
             d0 = (w1.T @ d1) * torch.sign(z1[:-1])
             terms.append((d0 @ z0.T, d1 @ z1.T, grad[None] @ z2.T))
-            grad_features.append(w0.T @ d0)
+            if ctx.needs_input_grad[0]:  # meta information is a constant: usually not
+                grad_features.append(w0.T @ d0)
         grads = [sum(values) for values in zip(*terms)]  # each layer's (W, b) as one matrix
-        return torch.cat(grad_features, 1).T, *(part for g in grads for part in (g[:, :-1], g[:, -1]))
+        grad_input = torch.cat(grad_features, 1).T if grad_features else None
+        return grad_input, *(part for g in grads for part in (g[:, :-1], g[:, -1]))
