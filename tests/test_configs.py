@@ -50,7 +50,7 @@ def test_preset_builds_its_data_set_backbone_and_algorithm(preset):
 
 
 def test_every_preset_is_listed():
-    assert len(PRESETS) == 84
+    assert len(PRESETS) == 86
 
 
 @pytest.mark.parametrize("setting", SETTINGS)

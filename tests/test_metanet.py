@@ -27,18 +27,24 @@ def tasks(seed=0):
     )
 
 
-def net(weights, x, fast=None, key=False):
-    """The twin network, each layer relu(W h) + relu(W* h), written out layer by layer."""
+def net(weights, x, fast=None, key=False, add=False):
+    """The twin network, each layer relu(W h) + relu(W* h) (or relu(W h + W* h) with `add`), written out layer
+    by layer."""
+
+    def relu(slow, quick):
+        if fast is None:
+            return F.relu(slow)
+        return F.relu(slow + quick) if add else F.relu(slow) + F.relu(quick)
+
     h = x
     for i in range(5):
-        out = F.relu(F.conv2d(h, weights[f"convs.{i}.weight"], padding=1))
-        if fast is not None:
-            out = out + F.relu(F.conv2d(h, fast[f"convs.{i}.weight"], padding=1))
-        h = F.max_pool2d(out, 2, ceil_mode=True)
+        conv = f"convs.{i}.weight"
+        quick = F.conv2d(h, fast[conv], padding=1) if fast is not None else None
+        h = F.max_pool2d(relu(F.conv2d(h, weights[conv], padding=1), quick), 2, ceil_mode=True)
     h = h.reshape(len(h), -1)
     if key:
         return h @ weights["fc1.weight"].T + (h @ fast["fc1.weight"].T if fast is not None else 0)
-    h = F.relu(h @ weights["fc1.weight"].T) + (F.relu(h @ fast["fc1.weight"].T) if fast is not None else 0)
+    h = relu(h @ weights["fc1.weight"].T, h @ fast["fc1.weight"].T if fast is not None else None)
     return h @ weights["head.weight"].T + (h @ fast["head.weight"].T if fast is not None else 0)
 
 
@@ -71,7 +77,7 @@ def generators(params, kind):
     return generate_task_weight, generate_example_weight
 
 
-def reference_task_loss(params, sx, sy, qx, qy, chunks=5):
+def reference_task_loss(params, sx, sy, qx, qy, chunks=5, mean_read=False, add=False):
     base = {k[5:]: v for k, v in params.items() if k.startswith("base.")}
     embed = {k[6:]: v for k, v in params.items() if k.startswith("embed.")}
     made = {kind: generators(params, kind) for kind in ("conv", "fc")}
@@ -91,37 +97,60 @@ def reference_task_loss(params, sx, sy, qx, qy, chunks=5):
         loss = F.cross_entropy(net(base, sx[i : i + 1]), sy[i : i + 1])
         grads = torch.autograd.grad(loss, list(base.values()))
         memory.append({k: made[kind(k)][1](features(g)) for k, g in zip(base, grads)})
-    keys = [net(embed, sx[i : i + 1], embed_fast, key=True)[0] for i in range(len(sx))]
+    keys = [net(embed, sx[i : i + 1], embed_fast, key=True, add=add)[0] for i in range(len(sx))]
     total = 0.0
     for j in range(len(qx)):
-        key = net(embed, qx[j : j + 1], embed_fast, key=True)[0]
+        key = net(embed, qx[j : j + 1], embed_fast, key=True, add=add)[0]
         attention = torch.stack([F.cosine_similarity(key, k, dim=0) for k in keys]).softmax(0)
+        if mean_read:
+            attention = torch.full_like(attention, 1 / len(sx))
         fast = {k: sum(attention[i] * memory[i][k] for i in range(len(sx))) for k in base}
-        total = total + F.cross_entropy(net(base, qx[j : j + 1], fast), qy[j : j + 1])
+        total = total + F.cross_entropy(net(base, qx[j : j + 1], fast, add=add), qy[j : j + 1])
     return total
 
 
-@pytest.mark.parametrize("init", ["lecun", "torch"])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_vectorised_metanet_equals_the_loop_reference_in_float64(seed, init):
-    torch.manual_seed(seed)
-    algorithm = MetaNet(MetaNetConv(WAYS, hidden=HIDDEN), CLASSIFICATION, init=init)
+def assert_equal_to_the_reference(algorithm, seed, **reference):
+    """metaexp's meta-loss and every parameter group's gradient against the loop reference, float64."""
     start = {k: v.double() for k, v in algorithm.init_params().items()}
     batch = tasks(seed)
     ours = {k: v.clone().requires_grad_() for k, v in start.items()}
     outer, _, _ = algorithm.meta_loss(ours, batch)
     outer.backward()
     theirs = {k: v.clone().requires_grad_() for k, v in start.items()}
-    reference = sum(reference_task_loss(theirs, *task) for task in zip(*batch)) / TASKS
-    reference.backward()
-    assert outer.item() == pytest.approx(reference.item(), rel=1e-9)
+    total = sum(reference_task_loss(theirs, *task, **reference) for task in zip(*batch)) / TASKS
+    total.backward()
+    assert outer.item() == pytest.approx(total.item(), rel=1e-9)
     groups = {}
     for k in start:
         groups.setdefault(".".join(k.split(".")[:3]) if k.startswith("meta.") else k.split(".")[0], []).append(k)
     for group, names in groups.items():
-        a = torch.cat([ours[k].grad.reshape(-1) for k in names if ours[k].grad is not None])
-        b = torch.cat([theirs[k].grad.reshape(-1) for k in names if theirs[k].grad is not None])
-        assert (a - b).norm() <= 1e-6 * b.norm(), group  # a group without gradient in both: exactly zero
+        a = [ours[k].grad.reshape(-1) for k in names if ours[k].grad is not None]
+        b = [theirs[k].grad.reshape(-1) for k in names if theirs[k].grad is not None]
+        assert len(a) == len(b), group  # a group without gradient in one must have none in the other
+        if b:
+            assert (torch.cat(a) - torch.cat(b)).norm() <= 1e-6 * torch.cat(b).norm(), group
+
+
+@pytest.mark.parametrize("init", ["lecun", "torch"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_vectorised_metanet_equals_the_loop_reference_in_float64(seed, init):
+    torch.manual_seed(seed)
+    assert_equal_to_the_reference(MetaNet(MetaNetConv(WAYS, hidden=HIDDEN), CLASSIFICATION, init=init), seed)
+
+
+@pytest.mark.parametrize(
+    ("setting", "reference"),
+    [({"example_fast_weights": False}, {"mean_read": True}), ({"augmentation": "weight"}, {"add": True})],
+)
+def test_ablations_equal_the_loop_reference_changed_the_same_way(setting, reference):
+    """Without example-level fast weights every query reads the memory's mean; without layer augmentation the
+    fast weights are added to the slow ones before the ReLU, in both twins. Both against the reference so
+    changed, float64."""
+    torch.manual_seed(0)
+    algorithm = MetaNet(MetaNetConv(WAYS, hidden=HIDDEN), CLASSIFICATION, **setting)
+    assert_equal_to_the_reference(algorithm, 0, **reference)
+    with pytest.raises(AssertionError):  # and the change is one the reference can see
+        assert_equal_to_the_reference(MetaNet(MetaNetConv(WAYS, hidden=HIDDEN), CLASSIFICATION), 0, **reference)
 
 
 def test_coordinate_generators_equal_torchs_lstm_and_mlp_per_task_in_float64(monkeypatch):

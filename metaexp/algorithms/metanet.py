@@ -9,6 +9,9 @@ and an embedding network u (slow weights Q) of the same shape, each layer augmen
 - Example-level fast weights: for each support example, the gradient of b's loss on it w.r.t. W through a
   coordinate-wise MLP 2->20->20->1: the memory values M. Memory keys: u's fc1 pre-activation, `Q h + Q* h`.
 - A query reads W* = M^T softmax(cosine(key, support keys)) and is classified by b with (W, W*).
+- Ablations: `task_fast_weights=False` (the paper's MetaNet-: keys from Q alone); `example_fast_weights=False`
+  (every query reads the memory's mean, so b's fast weights are task-level and u is unused);
+  `augmentation="weight"` (relu((W + W*) h) in place of the layer augmentation relu(W h) + relu(W* h)).
 Conv and fc coordinates have separate LSTMs and MLPs, run by `coordinatewise` in cache-sized blocks (most of a
 step's arithmetic is theirs). Everything per task is batched (per-example gradients by vmap of grad, every
 query's fast weights by one einsum, the queries' forwards by vmap), and the base class vmaps the task over the
@@ -49,7 +52,16 @@ class MetaNet(Algorithm):
 
     training_norm = False
 
-    def __init__(self, model, objective, chunks: int = 5, init: str = "lecun", task_fast_weights: bool = True):
+    def __init__(
+        self,
+        model,
+        objective,
+        chunks: int = 5,
+        init: str = "lecun",
+        task_fast_weights: bool = True,
+        example_fast_weights: bool = True,
+        augmentation: str = "layer",
+    ):
         super().__init__(model, objective)
         if not isinstance(model, MetaNetConv):
             raise MetaexpError(
@@ -59,7 +71,9 @@ class MetaNet(Algorithm):
             )
         at_least("algorithm.chunks", chunks, 1, whole=True)
         one_of("algorithm.init", init, ("lecun", "torch"))
+        one_of("algorithm.augmentation", augmentation, ("layer", "weight"))
         self.chunks, self.init, self.task_level = chunks, init, task_fast_weights
+        self.example_level, self.add_weights = example_fast_weights, augmentation == "weight"
         self.layers, self.augmented = len(model.convs), set(model.augmented)
 
     def check_sampler(self, sampler) -> None:
@@ -139,17 +153,23 @@ class MetaNet(Algorithm):
             out = apply(weights[name])
             return out, (apply(fast[name]) if fast is not None and name in fast else None)
 
+        def relu(slow, quick):
+            if quick is None:
+                return F.relu(slow)
+            # The paper's layer augmentation, or (augmentation=weight) fast weights added to the slow ones.
+            return F.relu(slow + quick) if self.add_weights else F.relu(slow) + F.relu(quick)
+
         h = x
         for i in range(self.layers):
             slow, quick = layer(lambda w: F.conv2d(h, w, padding=1), f"convs.{i}.weight")
             if i < len(self.model.norms):  # the partial variant's batch norm, on layers without fast weights
                 slow = functional_call(self.model.norms[i], with_prefix(weights, f"norms.{i}."), (slow,))
-            h = F.max_pool2d(F.relu(slow) + (F.relu(quick) if quick is not None else 0), 2, ceil_mode=True)
+            h = F.max_pool2d(relu(slow, quick), 2, ceil_mode=True)
         h = h.flatten(-3)
         slow, quick = layer(lambda w: F.linear(h, w), "fc1.weight")
         if key:
             return slow + (quick if quick is not None else 0)
-        h = F.relu(slow) + (F.relu(quick) if quick is not None else 0)
+        h = relu(slow, quick)
         slow, quick = layer(lambda w: F.linear(h, w), "head.weight")
         return slow + (quick if quick is not None else 0)
 
@@ -194,9 +214,12 @@ class MetaNet(Algorithm):
 
     def adapt(self, params: dict, support_x, support_y):
         base, embed = with_prefix(params, "base."), with_prefix(params, "embed.")
+        memory = self.memory(params, base, support_x, support_y)
+        if not self.example_level:  # ablation: every query reads the memory's mean; u and its keys go unused
+            mean = {k: m.mean(0) for k, m in memory.items()}
+            return lambda query_x: self.forward(base, mean, query_x)
         # The paper's MetaNet- ablation: keys from u's slow weights alone, no LSTM.
         embed_fast = self.task_fast_weights(params, embed, support_x, support_y) if self.task_level else None
-        memory = self.memory(params, base, support_x, support_y)
         support_keys = self.forward(embed, embed_fast, support_x, key=True)
 
         def predict(query_x):
