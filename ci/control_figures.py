@@ -1,14 +1,15 @@
 """The adaptive-control figures of docs/adaptive_control.md, from the run records of the study
 (ci/rotorcraft_study.sh; committed under results/records/ for seed 0 and results/control/records/seed<S>/ for
-the others) and, for the flights, the seed-0 runs' checkpoints (RUNS/seed0/<preset>/):
+the others) and, for the flights, one seed's checkpoints (RUNS/seed<S>/<preset>/, --flight-seed, 0 unless said):
 
 - control_figure4.png: mean RMS tracking error against M under each gain setting (Lambda/K/Gamma), metaexp's
   points (mean and std over the seeds run, from each run's best.pt report) beside the paper's (Richards et al.
   2021, Figure 4, computed from the authors' committed test results: results/control/richards2021_figure4.json).
-- control_figure3.png: one test reference flown by PID, ACMRR and the control-oriented method (M = 10, seed 0,
+- control_figure3.png: one test reference flown by PID, ACMRR and the control-oriented method (M = 10, that seed,
   gains I, 10 I, 10 I): the path in the plane and the tracking error over time, as the paper's Figure 3.
 
-Usage: python ci/control_figures.py RUNS [--records results/records results/control/records] [--out docs]"""
+Usage: python ci/control_figures.py RUNS [--records results/records results/control/records] [--out docs]
+       [--flight-seed S]"""
 
 import argparse
 import json
@@ -76,7 +77,7 @@ def figure4(folders: list, paper: dict, out: Path) -> None:
     figure.savefig(out, dpi=110)
 
 
-def figure3(runs: Path, out: Path) -> None:
+def figure3(runs: Path, seed: int, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     cfg = compose(["experiment=acmrr_rotorcraft_m10"])
@@ -85,7 +86,7 @@ def figure3(runs: Path, out: Path) -> None:
     wind = test.wind[:1]
     regressors = {"pid": integral_features}
     for method, preset in (("acmrr", "acmrr_rotorcraft_m10"), ("controloriented", "control_oriented_rotorcraft_m10")):
-        loaded = load_run(runs / "seed0" / preset, checkpoint="best")
+        loaded = load_run(runs / f"seed{seed}" / preset, checkpoint="best")
         regressors[method] = loaded.algorithm.regressor(loaded.params)
     figure, (plane, error) = plt.subplots(1, 2, figsize=(11, 4))
     plane.plot(reference[0][0, :, 0], reference[0][0, :, 1], "k--", label="reference")
@@ -100,7 +101,7 @@ def figure3(runs: Path, out: Path) -> None:
             )
     plane.set_xlabel("x (m)")
     plane.set_ylabel("y (m)")
-    plane.set_title(f"a test reference, wind {float(wind[0]):.1f} m/s")
+    plane.set_title(f"a test reference, wind {float(wind[0]):.1f} m/s (M = 10, seed {seed})")
     plane.legend()
     error.set_xlabel("t (s)")
     error.set_ylabel("|(e, de)|")
@@ -134,11 +135,12 @@ def main() -> None:
         "--records", type=Path, nargs="*", default=[Path("results/records"), Path("results/control/records")]
     )
     parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--flight-seed", type=int, default=0, help="whose checkpoints fly Figure 3")
     args = parser.parse_args()
     paper = json.loads(Path("results/control/richards2021_figure4.json").read_text())
     print(table(args.records, paper))
     figure4(args.records, paper, args.out / "control_figure4.png")
-    figure3(args.runs, args.out / "control_figure3.png")
+    figure3(args.runs, args.flight_seed, args.out / "control_figure3.png")
 
 
 if __name__ == "__main__":
