@@ -5,11 +5,13 @@ per-task form, a control run resumed bit-identically, its evaluation, and the re
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import metrics, run_inline, straight_and_resumed
+from conftest import ROOT, metrics, run_inline, straight_and_resumed
 from metaexp.algorithms.base import ridge_weights
 from metaexp.datasets.rotorcraft import SHAPES, RotorcraftWind, network, unflatten, wind_drag
 from metaexp.datasets.splines import falling, min_snap, random_splines, sample_splines
@@ -244,3 +246,19 @@ def test_maml_adapts_a_disturbance_model_that_the_controller_flies_with(tmp_path
     assert rows[0]["mean"] != rows[1]["mean"]  # the adapted model changed the flights
     refused = run_inline("train", *overrides, "algorithm=reptile", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert refused.returncode != 0 and "Reptile neither learns" in refused.stdout + refused.stderr
+
+
+def test_figures_without_the_flight_checkpoints_keep_figure_3_and_say_why(tmp_path):
+    """ci/control_figures.py on the committed records, with no run checkpoints: the table and Figure 4 are
+    made, Figure 3 is not touched, and one line names the checkpoints it would fly (it was a traceback)."""
+    done = subprocess.run(
+        [sys.executable, "ci/control_figures.py", str(tmp_path / "runs"), "--out", str(tmp_path), "--flight-seed", "1"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "| 1/10/10 | control-oriented | 10 |" in done.stdout
+    assert "Figure 3 left as it was" in done.stdout
+    assert str(tmp_path / "runs" / "seed1" / "acmrr_rotorcraft_m10" / "checkpoints" / "best.pt") in done.stdout
+    assert (tmp_path / "control_figure4.png").stat().st_size > 0
+    assert not (tmp_path / "control_figure3.png").exists()
