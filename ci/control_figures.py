@@ -77,10 +77,11 @@ def figure4(folders: list, paper: dict, out: Path) -> None:
     figure.savefig(out, dpi=110)
 
 
-FLOWN = ("acmrr_rotorcraft_m10", "control_oriented_rotorcraft_m10")  # the presets Figure 3 flies
+FLOWN = {"acmrr": "acmrr_rotorcraft_m10", "controloriented": "control_oriented_rotorcraft_m10"}  # Figure 3's runs
 
 
-def figure3(runs: Path, seed: int, out: Path) -> None:
+def figure3(flown: dict, seed: int, out: Path) -> None:
+    """`flown`: {method: its run directory of seed `seed`}, each flown from its best.pt."""
     import matplotlib.pyplot as plt
 
     cfg = compose(["experiment=acmrr_rotorcraft_m10"])
@@ -88,8 +89,8 @@ def figure3(runs: Path, seed: int, out: Path) -> None:
     reference = tuple(x[:1] for x in test.reference)
     wind = test.wind[:1]
     regressors = {"pid": integral_features}
-    for method, preset in zip(("acmrr", "controloriented"), FLOWN):
-        loaded = load_run(runs / f"seed{seed}" / preset, checkpoint="best")
+    for method, run in flown.items():
+        loaded = load_run(run, checkpoint="best")
         regressors[method] = loaded.algorithm.regressor(loaded.params)
     figure, (plane, error) = plt.subplots(1, 2, figsize=(11, 4))
     plane.plot(reference[0][0, :, 0], reference[0][0, :, 1], "k--", label="reference")
@@ -143,8 +144,8 @@ def main() -> None:
     paper = json.loads(Path("results/control/richards2021_figure4.json").read_text())
     print(table(args.records, paper))
     figure4(args.records, paper, args.out / "control_figure4.png")
-    flights = [args.runs / f"seed{args.flight_seed}" / p / "checkpoints" / "best.pt" for p in FLOWN]
-    missing = [str(path) for path in flights if not path.exists()]
+    flown = {method: args.runs / f"seed{args.flight_seed}" / preset for method, preset in FLOWN.items()}
+    missing = [str(path) for run in flown.values() if not (path := run / "checkpoints" / "best.pt").exists()]
     if missing:  # Figure 4 and the table come from records alone; the flights need checkpoints
         verb = "is" if len(missing) == 1 else "are"
         print(
@@ -153,7 +154,7 @@ def main() -> None:
             f"are in {args.runs}) to redraw it."
         )
         return
-    figure3(args.runs, args.flight_seed, args.out / "control_figure3.png")
+    figure3(flown, args.flight_seed, args.out / "control_figure3.png")
 
 
 if __name__ == "__main__":
