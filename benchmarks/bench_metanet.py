@@ -1,7 +1,8 @@
 """Meta Networks meta-training speed: the vectorised `metanet` against the loop reference of tests/test_metanet.py
 (Python loops over support chunks, support examples and queries), one forward + backward per meta-batch, random
 Omniglot-shaped tasks with 10 queries per class, float32, metaexp's tasks vmapped in the chunks training uses on
-this device (`trainer.task_chunk=auto`). Prints tasks/s for each setting."""
+this device (`trainer.task_chunk=auto`); both take each chunk's (each task's) backward before the next, as the
+training step does. Prints tasks/s for each setting."""
 
 import argparse
 import os
@@ -16,7 +17,7 @@ from test_metanet import reference_task_loss  # noqa: E402
 
 from metaexp.algorithms.metanet import MetaNet  # noqa: E402
 from metaexp.backbones.metanet_conv import MetaNetConv  # noqa: E402
-from metaexp.engine import task_chunk_size  # noqa: E402
+from metaexp.engine import MetaStep, task_chunk_size  # noqa: E402
 from metaexp.objectives import CLASSIFICATION  # noqa: E402
 from metaexp.samplers import TaskBatch  # noqa: E402
 
@@ -54,12 +55,14 @@ def main() -> None:
             batch = random_tasks(ways, tasks)
 
             chunk = task_chunk_size("auto", torch.device("cpu"), batch)
+            meta_step = MetaStep(algorithm, params, torch.optim.SGD(params.values()), device=torch.device("cpu"))
 
             def ours():
-                algorithm.meta_loss(params, batch, chunk=chunk)[0].backward()
+                meta_step.backward(batch, step=0, chunk=chunk)
 
             def loop():
-                (sum(reference_task_loss(params, *task) for task in zip(*batch)) / tasks).backward()
+                for task in zip(*batch):
+                    (reference_task_loss(params, *task) / tasks).backward()
 
             reference, vectorised = rate(loop, tasks, args.seconds), rate(ours, tasks, args.seconds)
             name = f"{ways}-way 1-shot, meta-batch {tasks}"

@@ -36,6 +36,10 @@ class TaskBatch(NamedTuple):
     def __len__(self) -> int:
         return self.support_x.shape[0]
 
+    def split(self, tasks: int) -> list["TaskBatch"]:
+        """Consecutive meta-batches of `tasks` tasks (the last may hold fewer)."""
+        return [TaskBatch(*parts) for parts in zip(*(t.split(tasks) for t in self))]
+
 
 @dataclass
 class TestResult:

@@ -3,13 +3,14 @@
 import pytest
 import torch
 
+from metaexp.algorithms.acmrr import ACMRR
 from metaexp.algorithms.maml import MAML
 from metaexp.datasets.sinusoid import Sinusoid
 from metaexp.engine import MetaStep, task_chunk_size
 from metaexp.errors import MetaexpError
 from metaexp.backbones.conv4 import Conv4
 from metaexp.backbones.mlp import MLP
-from metaexp.objectives import CLASSIFICATION, REGRESSION
+from metaexp.objectives import CLASSIFICATION, DISTURBANCE, REGRESSION
 from metaexp.samplers import RegressionSampler, TaskBatch
 
 from conftest import random_batch
@@ -105,6 +106,31 @@ def test_task_chunks_give_the_same_meta_gradient():
     assert task_chunk_size("auto", torch.device("cuda"), batch) is None
     points = torch.rand(25, 10, 1)  # sinusoid tasks: too small for chunks to pay
     assert task_chunk_size("auto", torch.device("cpu"), TaskBatch(points, points, points, points)) is None
+
+
+def test_a_meta_step_in_chunks_takes_each_chunks_backward_and_the_same_gradient():
+    """The engine backpropagates a separable meta-loss a chunk at a time (5 tasks in chunks of 2: 2 + 2 + 1,
+    each chunk's loss weighed by its share of the tasks), and a loss with a term per meta-batch (ACMRR's weight
+    penalty) whole; the gradients are those of the whole meta-batch's loss."""
+    torch.manual_seed(0)
+    cases = [
+        (MAML(Conv4(5, hidden=8), CLASSIFICATION, inner_lr=0.4), random_batch(5, 5), 3),
+        (ACMRR(MLP(None, 6, hidden=(8,), flatten=False), DISTURBANCE), TaskBatch(
+            torch.randn(5, 20, 6), torch.randn(5, 20, 3), torch.randn(5, 30, 6), torch.randn(5, 30, 3)), 1),
+    ]  # fmt: skip
+    for algorithm, batch, backwards in cases:
+        params = {k: v.double().requires_grad_() for k, v in algorithm.init_params().items()}
+        batch = batch.to(dtype=torch.float64)
+        whole, losses, _ = algorithm.meta_loss(params, batch, step=0)
+        expected = torch.autograd.grad(whole, list(params.values()))
+        step = MetaStep(algorithm, params, torch.optim.SGD(params.values()), torch.device("cpu"))
+        calls = []
+        step.meta_loss = lambda *args: calls.append(len(args[1])) or algorithm.meta_loss(*args)
+        chunked_losses, _ = step.backward(batch, step=0, chunk=2)
+        assert len(calls) == backwards and sum(calls) == len(batch)
+        assert torch.allclose(chunked_losses, losses.detach(), rtol=1e-12)
+        for name, want in zip(params, expected):
+            assert torch.allclose(params[name].grad, want, rtol=1e-9, atol=1e-12), name
 
 
 def test_refused_settings():

@@ -65,6 +65,9 @@ class Algorithm:
     # `predict_adapted(weights, x)` predicts with them (the gradient-based methods): a control test adapts a
     # disturbance model once per flight through them.
     adapts_models = False
+    # True where the outer loss is the mean of the tasks' own (this `meta_loss`), so the engine may take its
+    # gradient a chunk of tasks at a time; False where a term is added once per meta-batch.
+    separable = True
 
     def __init__(self, model: nn.Module, objective: Objective):
         self.model, self.objective = model, objective
@@ -168,6 +171,7 @@ class ControlAlgorithm(Algorithm):
     uses_head = False
     flies = True
     training_norm = False
+    separable = False  # the weights' penalty is added once per meta-batch
 
     @property
     def name(self) -> str:
