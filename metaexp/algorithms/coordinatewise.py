@@ -12,6 +12,8 @@ vmap over tasks they run once on plain matrices; tests/test_metanet.py checks th
 plain ops in float64.
 """
 
+from collections import deque
+
 import torch
 
 HIDDEN = 20
@@ -53,24 +55,23 @@ class Coordinatewise(torch.autograd.Function):
         return cls.apply(stacked, *weights).view(info.batch_size, -1), 0
 
 
-def lstm_states(sequence, weights) -> list:
+def lstm_states(sequence, weights):
     """Each step's (z, i, f, g, o, previous c, tanh c) of an LSTM on `sequence` `[T, 3, n]` (two features and a
     row of ones) from h = c = 0, where z = (h, x, 1) is what `weights` = (W_hh, W_ih, b) multiplies: one matrix
     product per step. States are `[20, n]`, coordinates last, so that each gate is a contiguous block (torch's
     elementwise kernels are many times slower on strided slices); tanh is 2 sigmoid(2x) - 1 (several times
     faster than torch.tanh here), and g's rows of `weights` come doubled, so one sigmoid gives all four gates
-    (torch's order i, f, g, o)."""
+    (torch's order i, f, g, o). A generator, so that a forward that keeps only the last step reuses the memory
+    (still in cache) of the steps before."""
     h = c = sequence.new_zeros(HIDDEN, sequence.shape[-1])
-    states = []
     for x in sequence:
         z = torch.cat([h, x])
         i, f, g, o = torch.sigmoid(weights @ z).chunk(4)
         g = 2 * g - 1
         c_new = torch.addcmul(i * g, f, c)
         tanh_c = 2 * torch.sigmoid(2 * c_new) - 1
-        states.append((z, i, f, g, o, c, tanh_c))
+        yield z, i, f, g, o, c, tanh_c
         h, c = o * tanh_c, c_new
-    return states
 
 
 def lstm_inputs(sequence, w_ih, w_hh, b) -> tuple:
@@ -95,7 +96,7 @@ class CoordinateLSTM(Coordinatewise):
         rows, _, doubled = lstm_inputs(sequence, w_ih, w_hh, b)
         outputs = []
         for (block,) in blocks((rows, 2)):
-            _, _, _, _, o, _, tanh_c = lstm_states(block, doubled)[-1]
+            *_, o, _, tanh_c = deque(lstm_states(block, doubled), maxlen=1).pop()  # holds one step at a time
             outputs.append((w_out @ (o * tanh_c))[0] + b_out)
         return torch.cat(outputs)
 
@@ -105,7 +106,7 @@ class CoordinateLSTM(Coordinatewise):
         rows, weights, doubled = lstm_inputs(sequence, w_ih, w_hh, b)
         grad_weights, grad_out, grad_rows = [], [], []
         for block, grad in blocks((rows, 2), (grad_output, 0)):
-            states = lstm_states(block, doubled)
+            states = list(lstm_states(block, doubled))
             _, _, _, _, o, _, tanh_c = states[-1]
             grad_out.append(grad[None] @ (o * tanh_c).T)
             dh, dc, grad_x = w_out.T * grad, 0, []
