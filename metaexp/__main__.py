@@ -16,7 +16,26 @@ def share_cores_politely() -> None:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
+def keep_freed_memory() -> None:
+    """glibc returns large freed blocks to the kernel at once, so each step, which allocates the same tensors
+    again, has the kernel map and zero fresh pages: in a MetaNet test on a 2-core CPU, 9 million page faults and
+    a third of the time in the kernel. Told to keep freed memory for reuse (what tcmalloc and jemalloc do), the
+    process stays at its peak footprint instead. glibc's own MALLOC_* variables, where any is set, decide."""
+    if not sys.platform.startswith("linux") or any(name.startswith("MALLOC_") for name in os.environ):
+        return
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl, say): its defaults stay
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    mallopt(m_mmap_max, 0)  # large blocks from the heap, which is reused, not from fresh mappings
+    mallopt(m_trim_threshold, 2**31 - 1)  # and the heap's free top is not handed back
+
+
 share_cores_politely()
+keep_freed_memory()
 # torch.compile's caches where they outlive a reboot (torch's default is under /tmp): a machine compiles once.
 os.environ.setdefault(
     "TORCHINDUCTOR_CACHE_DIR",

@@ -55,34 +55,43 @@ class Coordinatewise(torch.autograd.Function):
         return cls.apply(stacked, *weights).view(info.batch_size, -1), 0
 
 
-def lstm_states(sequence, weights):
-    """Each step's (z, i, f, g, o, previous c, tanh c) of an LSTM on `sequence` `[T, 3, n]` (two features and a
-    row of ones) from h = c = 0, where z = (h, x, 1) is what `weights` = (W_hh, W_ih, b) multiplies: one matrix
-    product per step. States are `[20, n]`, coordinates last, so that each gate is a contiguous block (torch's
-    elementwise kernels are many times slower on strided slices); tanh is 2 sigmoid(2x) - 1 (several times
-    faster than torch.tanh here), and g's rows of `weights` come doubled, so one sigmoid gives all four gates
-    (torch's order i, f, g, o). A generator, so that a forward that keeps only the last step reuses the memory
-    (still in cache) of the steps before."""
-    h = c = sequence.new_zeros(HIDDEN, sequence.shape[-1])
-    for x in sequence:
-        z = torch.cat([h, x])
-        i, f, g, o = torch.sigmoid(weights @ z).chunk(4)
-        g = 2 * g - 1
-        c_new = torch.addcmul(i * g, f, c)
-        tanh_c = 2 * torch.sigmoid(2 * c_new) - 1
-        yield z, i, f, g, o, c, tanh_c
-        h, c = o * tanh_c, c_new
+def g_last(rows):
+    """Rows in torch's gate order (i, f, g, o) as (i, f, o, g), and back: the three sigmoid gates one
+    contiguous block, the tanh gate another."""
+    i, f, g, o = rows.chunk(4)
+    return torch.cat([i, f, o, g])
+
+
+def lstm_states(rows, weights):
+    """Each step's (z, i, f, g, o, previous c, tanh c) of an LSTM on `rows` `[T, 3, n]` (two features and a row
+    of ones) from h = c = 0, where z = (h, x, 1) is what `weights` = (W_hh, W_ih, b), gates (i, f, o, g),
+    multiplies: one matrix product per step, each step's h written into the next step's z. States are `[20, n]`,
+    coordinates last, so that each gate is a contiguous block (torch's elementwise kernels are many times slower
+    on strided slices). A generator, so that a forward that keeps only the last step holds one step at a time."""
+    steps, _, n = rows.shape
+    z = rows.new_empty(steps, HIDDEN + 3, n)
+    z[0, :HIDDEN] = 0
+    z[:, HIDDEN:] = rows
+    c = 0
+    for t in range(steps):
+        # At the first step h = c = 0: only the input columns multiply anything.
+        pre = weights[:, HIDDEN:] @ z[0, HIDDEN:] if t == 0 else weights @ z[t]
+        i, f, o = pre[: 3 * HIDDEN].sigmoid_().chunk(3)
+        g = pre[3 * HIDDEN :].tanh_()
+        c_new = i * g if t == 0 else torch.addcmul(i * g, f, c)
+        tanh_c = torch.tanh(c_new)
+        yield z[t], i, f, g, o, c, tanh_c
+        if t + 1 < steps:
+            torch.mul(o, tanh_c, out=z[t + 1, :HIDDEN])
+        c = c_new
 
 
 def lstm_inputs(sequence, w_ih, w_hh, b) -> tuple:
-    """(`sequence` `[T, P, 2]` as `[T, 3, P]` with a row of ones, the weights (W_hh, W_ih, b) `[80, 23]`, the
-    same with g's rows doubled for lstm_states)."""
+    """(`sequence` `[T, P, 2]` as `[T, 3, P]` with a row of ones, the weights (W_hh, W_ih, b) `[80, 23]` in the
+    gate order of lstm_states)."""
     ones = sequence.new_ones(sequence.shape[:-1])[..., None]
     rows = torch.cat([sequence, ones], -1).transpose(1, 2).contiguous()
-    weights = torch.cat([w_hh, w_ih, b[:, None]], 1)
-    scale = torch.ones(4 * HIDDEN, 1, dtype=b.dtype, device=b.device)
-    scale[2 * HIDDEN : 3 * HIDDEN] = 2
-    return rows, weights, weights * scale
+    return rows, g_last(torch.cat([w_hh, w_ih, b[:, None]], 1))
 
 
 class CoordinateLSTM(Coordinatewise):
@@ -93,35 +102,39 @@ class CoordinateLSTM(Coordinatewise):
 
     @staticmethod
     def forward(sequence, w_ih, w_hh, b, w_out, b_out):
-        rows, _, doubled = lstm_inputs(sequence, w_ih, w_hh, b)
+        rows, weights = lstm_inputs(sequence, w_ih, w_hh, b)
         outputs = []
         for (block,) in blocks((rows, 2)):
-            *_, o, _, tanh_c = deque(lstm_states(block, doubled), maxlen=1).pop()  # holds one step at a time
+            *_, o, _, tanh_c = deque(lstm_states(block, weights), maxlen=1).pop()  # holds one step at a time
             outputs.append((w_out @ (o * tanh_c))[0] + b_out)
         return torch.cat(outputs)
 
     @staticmethod
     def backward(ctx, grad_output):
         sequence, w_ih, w_hh, b, w_out, b_out = ctx.saved_tensors
-        rows, weights, doubled = lstm_inputs(sequence, w_ih, w_hh, b)
+        rows, weights = lstm_inputs(sequence, w_ih, w_hh, b)
         grad_weights, grad_out, grad_rows = [], [], []
         for block, grad in blocks((rows, 2), (grad_output, 0)):
-            states = list(lstm_states(block, doubled))
+            states = list(lstm_states(block, weights))
             _, _, _, _, o, _, tanh_c = states[-1]
             grad_out.append(grad[None] @ (o * tanh_c).T)
             dh, dc, grad_x = w_out.T * grad, 0, []
+            dpre = rows.new_empty(4 * HIDDEN, block.shape[-1])
+            di, df, do, dg = dpre.chunk(4)  # the gates' pre-activations, in lstm_states' order
             for z, i, f, g, o, c, tanh_c in reversed(states):
+                # Written into dpre's rows (no concatenation); d sigmoid = s - s^2, d tanh = 1 - tanh^2.
+                torch.mul(dh, tanh_c, out=do).mul_(torch.addcmul(o, o, o, value=-1))
                 dc = dc + dh * o * (1 - tanh_c * tanh_c)
-                # The gates' pre-activations, g's undoubled (d tanh(x) = 1 - tanh(x)^2).
-                dpre = torch.cat([dc * g * i * (1 - i), dc * c * f * (1 - f), dc * i * (1 - g * g),
-                                  dh * tanh_c * o * (1 - o)])  # fmt: skip
+                torch.mul(dc, i, out=dg).mul_(1 - g * g)
+                torch.mul(dc, g, out=di).mul_(torch.addcmul(i, i, i, value=-1))
+                torch.mul(dc, c, out=df).mul_(torch.addcmul(f, f, f, value=-1))
                 grad_weights.append(dpre @ z.T)
                 dz = weights.T @ dpre  # (dh, dx, d1) of the step before
                 dh, dc = dz[:HIDDEN], dc * f
                 grad_x.append(dz[HIDDEN : HIDDEN + 2])
             if ctx.needs_input_grad[0]:  # meta information is a constant: usually not
                 grad_rows.append(torch.stack(grad_x[::-1]))
-        grad_w = sum(grad_weights)  # (W_hh, W_ih, b) columns
+        grad_w = g_last(sum(grad_weights))  # (W_hh, W_ih, b) columns, torch's gate order
         grad_sequence = torch.cat(grad_rows, 2).transpose(1, 2) if grad_rows else None
         grad_b_out = grad_output.sum(0, keepdim=True)
         return grad_sequence, grad_w[:, HIDDEN:-1], grad_w[:, :HIDDEN], grad_w[:, -1], sum(grad_out), grad_b_out
