@@ -91,7 +91,8 @@ def test_a_fixed_count_is_taken_as_given(tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 def test_the_command_keeps_freed_memory_for_reuse():
     """What `metaexp` sets at start (metaexp.__main__): a tensor allocated and freed twenty times maps fresh
-    pages once or twice, not twenty times (page faults counted by the kernel), where plain Python maps them each time."""
+    pages once or twice, not twenty times (page faults counted by the kernel), where plain Python maps them each
+    time."""
     script = (
         "import resource, sys, torch\n"
         "if sys.argv[1] == 'metaexp':\n"
