@@ -2,7 +2,9 @@
 (Python loops over support chunks, support examples and queries), one forward + backward per meta-batch, random
 Omniglot-shaped tasks with 10 queries per class, float32, metaexp's tasks vmapped in the chunks training uses on
 this device (`trainer.task_chunk=auto`); both take each chunk's (each task's) backward before the next, as the
-training step does. Prints tasks/s for each setting."""
+training step does, and both run under the allocator setting of the `metaexp` command (glibc keeps freed memory
+for reuse; `--glibc-defaults` leaves glibc as it is, where the loop pays a page fault per fresh page). Prints
+tasks/s for each setting."""
 
 import argparse
 import os
@@ -15,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_metanet import reference_task_loss  # noqa: E402
 
+from metaexp.__main__ import keep_freed_memory  # noqa: E402
 from metaexp.algorithms.metanet import MetaNet  # noqa: E402
 from metaexp.backbones.metanet_conv import MetaNetConv  # noqa: E402
 from metaexp.engine import MetaStep, task_chunk_size  # noqa: E402
@@ -44,9 +47,16 @@ def rate(step, tasks: int, seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--glibc-defaults", action="store_true", help="leave glibc's allocator at its defaults")
     args = parser.parse_args()
+    if not args.glibc_defaults:
+        keep_freed_memory()
     torch.manual_seed(0)
-    print(f"device: cpu ({os.cpu_count()} CPU cores), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    allocator = "glibc defaults" if args.glibc_defaults else "freed memory kept, as the metaexp command"
+    print(
+        f"device: cpu ({os.cpu_count()} CPU cores), torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"allocator: {allocator}"
+    )
     print(f"{'setting':<26}{'loop tasks/s':>14}{'metaexp tasks/s':>17}{'ratio':>8}")
     for ways in (5, 20):
         algorithm = MetaNet(MetaNetConv(ways), CLASSIFICATION)
