@@ -4,8 +4,8 @@ small weights run on every one of the ~150,000 coordinates of the twin networks.
 Written as plain tensor ops (gates `[P, 80]`), every gate is a strided slice, on which torch's elementwise CPU
 kernels run many times slower than on contiguous memory, and each of the dozens of elementwise steps streams
 tens of megabytes that autograd then keeps for the backward: the generators were most of a MetaNet step. Here
-coordinates come last (each gate a contiguous block), both generators run over blocks of coordinates small
-enough to stay in cache, and the backward recomputes a block's forward and back-propagates it at once, so
+coordinates come last (each gate a contiguous block), both generators run over blocks of a few thousand
+coordinates, and the backward recomputes a block's forward and back-propagates it at once, so
 nothing per coordinate is kept between the two passes; what is left is the matrix products' arithmetic. Both
 are `torch.autograd.Function`s (`Coordinatewise`) whose vmap rule stacks the tasks' coordinates, so under the
 vmap over tasks they run once on plain matrices; tests/test_metanet.py checks them against autograd on the

@@ -12,7 +12,7 @@ and an embedding network u (slow weights Q) of the same shape, each layer augmen
 - Ablations: `task_fast_weights=False` (the paper's MetaNet-: keys from Q alone); `example_fast_weights=False`
   (every query reads the memory's mean, so b's fast weights are task-level and u is unused);
   `augmentation="weight"` (relu((W + W*) h) in place of the layer augmentation relu(W h) + relu(W* h)).
-Conv and fc coordinates have separate LSTMs and MLPs, run by `coordinatewise` in cache-sized blocks (most of a
+Conv and fc coordinates have separate LSTMs and MLPs, run by `coordinatewise` in blocks of coordinates (most of a
 step's arithmetic is theirs). Everything per task is batched (per-example gradients by vmap of grad, every
 query's fast weights by one einsum, the queries' forwards by vmap), and the base class vmaps the task over the
 meta-batch like every other algorithm.
