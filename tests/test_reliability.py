@@ -57,6 +57,23 @@ def rows(run):
     return metrics(run)
 
 
+def lines(run) -> int:
+    """The lines of the run's metrics.jsonl (a torn last line counts), 0 before it exists."""
+    return len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").is_file() else 0
+
+
+def trains_past(proc, run, count: int, timeout=120) -> bool:
+    """True once `proc` has written metrics beyond `count` lines; False if it exits first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if lines(run) > count:
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.01)
+    raise AssertionError(f"{run} wrote no new metrics in {timeout} s")
+
+
 def weights(path):
     return torch.load(path, weights_only=True)["params"]
 
@@ -94,14 +111,18 @@ def test_kill_9_at_random_moments_then_resume_matches_a_straight_run(tmp_path):
     moments = random.Random(0)
     kills = 0
     for attempt in range(12):
+        before = lines(run)
         proc = start("train", *LONG, "trainer.resume=auto", f"hydra.run.dir={run}", cwd=tmp_path)
-        try:
-            proc.wait(timeout=moments.uniform(1.0, 7.0) if kills < 4 else 300)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            continue
+        # Each kill lands after this process has trained past where the last one stopped, at a random moment in
+        # a step or a save (timed from the process's start, a fast machine finished the run before any kill).
+        if kills < 4 and trains_past(proc, run, before):
+            time.sleep(moments.uniform(0.0, 0.15))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                continue
+        proc.wait(timeout=300)
         assert proc.returncode == 0, proc.stdout.read()[-2000:]
         break
     assert kills >= 3, "the kills must land while the run is going"
