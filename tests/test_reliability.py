@@ -44,34 +44,25 @@ def start(*args, cwd):
     )
 
 
-def wait_for_rows(run, count=1, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if (run / "metrics.jsonl").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) >= count:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{run} wrote no metrics in {timeout} s")
-
-
-def rows(run):
-    return metrics(run)
-
-
 def lines(run) -> int:
     """The lines of the run's metrics.jsonl (a torn last line counts), 0 before it exists."""
     return len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").is_file() else 0
 
 
-def trains_past(proc, run, count: int, timeout=120) -> bool:
-    """True once `proc` has written metrics beyond `count` lines; False if it exits first."""
+def wait_for_rows(run, count=1, timeout=120, proc=None) -> bool:
+    """True once the run's metrics.jsonl has `count` lines; False if `proc` (where given) exits first."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if lines(run) > count:
+        if lines(run) >= count:
             return True
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             return False
         time.sleep(0.01)
-    raise AssertionError(f"{run} wrote no new metrics in {timeout} s")
+    raise AssertionError(f"{run} wrote no metrics in {timeout} s")
+
+
+def rows(run):
+    return metrics(run)
 
 
 def weights(path):
@@ -115,7 +106,7 @@ def test_kill_9_at_random_moments_then_resume_matches_a_straight_run(tmp_path):
         proc = start("train", *LONG, "trainer.resume=auto", f"hydra.run.dir={run}", cwd=tmp_path)
         # Each kill lands after this process has trained past where the last one stopped, at a random moment in
         # a step or a save (timed from the process's start, a fast machine finished the run before any kill).
-        if kills < 4 and trains_past(proc, run, before):
+        if kills < 4 and wait_for_rows(run, count=before + 1, proc=proc):
             time.sleep(moments.uniform(0.0, 0.15))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
