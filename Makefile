@@ -36,7 +36,7 @@ $(DEV): $(RUN)
 train: install  ## MAML on sinusoid regression, the embedded default (about a minute)
 	$(VENV)/bin/metaexp train
 
-test: install-dev lint  ## the test suite (about 20 minutes on 2 cores)
+test: install-dev lint  ## the test suite (about 9 minutes on 2 cores)
 	$(VENV)/bin/pytest -q
 
 test-fast: install-dev  ## the suite less its `slow` tests (signals, kills, subprocesses): the edit-test loop
