@@ -51,7 +51,7 @@ if [ -n "$quick" ]; then  # the dry run: metaexp's engine measured once, in one 
 else
     bench benchmarks/bench_engine.py --device "$device" --configs a --seconds 10
     [ "$device" = cuda ] && bench benchmarks/bench_engine.py --device cuda --cuda-graph --configs a b c --seconds 10
-    bench benchmarks/bench_metanet.py
+    bench benchmarks/bench_metanet.py --device "$device" --seconds 3
     bench benchmarks/bench_rl.py --device "$device" --iterations 2
 fi
 

@@ -31,13 +31,17 @@ def meta_gradient(algorithm, params: dict, batch, device, dtype) -> tuple:
     return outer.double().cpu(), flat.double().cpu()
 
 
+def small(name: str):
+    """MAML on a 16-filter Conv-4 or MetaNet on 16-filter twin networks, 5-way."""
+    if name == "maml":
+        return MAML(Conv4(5, hidden=16), CLASSIFICATION, inner_lr=0.4, inner_steps=2)
+    return MetaNet(MetaNetConv(5, hidden=16), CLASSIFICATION)
+
+
 @pytest.mark.parametrize("name", ["maml", "metanet"])
 def test_cuda_meta_gradient_equals_the_cpu_in_float64(name):
     torch.manual_seed(0)
-    if name == "maml":
-        algorithm = MAML(Conv4(5, hidden=16), CLASSIFICATION, inner_lr=0.4, inner_steps=2)
-    else:
-        algorithm = MetaNet(MetaNetConv(5, hidden=16), CLASSIFICATION)
+    algorithm = small(name)
     params, batch = algorithm.init_params(), random_batch(3, 5)
     loss_cpu, grad_cpu = meta_gradient(algorithm, params, batch, torch.device("cpu"), torch.float64)
     loss_gpu, grad_gpu = meta_gradient(algorithm, params, batch, CUDA, torch.float64)
@@ -48,27 +52,29 @@ def test_cuda_meta_gradient_equals_the_cpu_in_float64(name):
     assert ((grad_fp32 - grad_cpu).norm() / grad_cpu.norm()).item() < 1e-2
 
 
-def steps(cuda_graph: bool, precision: str = "fp32", count: int = 4) -> tuple:
-    """Per-step mean query losses and the final weights of MAML Conv-4 on fixed CUDA batches."""
+def steps(name: str, cuda_graph: bool, precision: str = "fp32", count: int = 4) -> tuple:
+    """Per-step mean query losses and the final weights of `small(name)` on fixed CUDA batches, Adam with the
+    gradient norm clipped at 10 (MetaNet's presets)."""
     torch.manual_seed(0)
-    algorithm = MAML(Conv4(5, hidden=16), CLASSIFICATION, inner_lr=0.4)
+    algorithm = small(name)
     params = {k: v.to(CUDA).requires_grad_() for k, v in algorithm.init_params().items()}
     optimizer = torch.optim.Adam(params.values(), 1e-3, capturable=cuda_graph)
-    step = MetaStep(algorithm, params, optimizer, CUDA, precision=precision, cuda_graph=cuda_graph)
+    step = MetaStep(algorithm, params, optimizer, CUDA, precision=precision, cuda_graph=cuda_graph, grad_clip=10.0)
     batches = [random_batch(4, 5, seed=k).to(CUDA) for k in range(count)]
     losses = [step(batch, k)[0].mean().item() for k, batch in enumerate(batches)]
     return losses, {k: v.detach().cpu() for k, v in params.items()}
 
 
-def test_a_captured_cuda_graph_steps_as_the_eager_step():
-    eager_losses, eager = steps(cuda_graph=False)
-    graph_losses, graph = steps(cuda_graph=True)
+@pytest.mark.parametrize("name", ["maml", "metanet"])
+def test_a_captured_cuda_graph_steps_as_the_eager_step(name):
+    eager_losses, eager = steps(name, cuda_graph=False)
+    graph_losses, graph = steps(name, cuda_graph=True)
     assert graph_losses == pytest.approx(eager_losses, rel=1e-5)
     assert all(torch.allclose(eager[k], graph[k], rtol=1e-5, atol=1e-7) for k in eager)
 
 
 def test_bf16_steps_stay_finite_and_near_fp32():
-    fp32_losses, _ = steps(cuda_graph=False)
-    bf16_losses, weights = steps(cuda_graph=False, precision="bf16")
+    fp32_losses, _ = steps("maml", cuda_graph=False)
+    bf16_losses, weights = steps("maml", cuda_graph=False, precision="bf16")
     assert all(torch.isfinite(v).all() for v in weights.values())
     assert bf16_losses == pytest.approx(fp32_losses, rel=5e-2)
