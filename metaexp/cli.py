@@ -2,6 +2,7 @@
 
 import contextlib
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -139,4 +140,50 @@ def dispatch(args: list) -> None:
         raise SystemExit(2)
     # Hydra reads its overrides from sys.argv and names the app after argv[0].
     sys.argv = [f"metaexp-{command}", *rest]
-    apps[command]()
+    run_app(apps[command], command)
+
+
+def run_app(app, command: str) -> None:
+    """Run a Hydra app; its refusals of the command line (an unknown key, a missing option, a syntax error), which
+    Hydra prints over several lines, end in one paragraph with exit 2 instead. HYDRA_FULL_ERROR=1 set by the user
+    keeps Hydra's own report with its stack trace."""
+    from hydra.errors import CompactHydraException
+
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return app()
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them
+    try:
+        app()
+    except CompactHydraException as error:
+        exit_with(refusal(error, command))
+    finally:
+        if before is None:
+            os.environ.pop("HYDRA_FULL_ERROR")
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
+
+
+def refusal(error, command: str) -> MetaexpError:
+    """Hydra's refusal of a command line as one paragraph that names the setting and what to do."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause, settings = error.__cause__, f"`metaexp {command} --cfg job` prints every setting"
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
+        return MetaexpError(f"{cause.full_key} is not a setting of metaexp {command}; check its spelling ({settings}).")
+    if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
+        group, _, name = error.missing_cfg_file.rpartition("/")
+        return MetaexpError(
+            f"{group}={name}: {group} has no option {name!r}; its options are {', '.join(error.options)}."
+        )
+    if isinstance(error, OverrideParseException):
+        reason = error.message.splitlines()[0]
+        return MetaexpError(
+            f"{error.override} cannot be read as an override ({reason}); write key=value, quoting a value with "
+            f"spaces or brackets (https://hydra.cc/docs/advanced/override_grammar/basic/)."
+        )
+    text = " ".join(
+        line.strip() for part in (str(error), str(cause or "")) for line in part.splitlines() if line.strip()
+    )
+    return MetaexpError(f"The command line was refused: {text} ({settings}).")

@@ -372,6 +372,10 @@ METANET = ["experiment=metanet_omniglot_5w1s", *OMNIGLOT_1Q, "sampler.ways=2", "
            "trainer.val_every=2", "trainer.log_every=1", "trainer.meta_batch=1"]  # fmt: skip
 # (arguments, words the paragraph must contain); {run}, {omniglot}, {folder}, {afile} are filled in.
 TRAIN_CASES = [
+    # Refused by Hydra while it composes the config: a key it lacks, a group's missing option, a syntax error.
+    (["trainer.stpes=10"], "trainer.stpes is not a setting of metaexp train; check its spelling"),
+    (["algorithm=nope"], "algorithm has no option 'nope'; its options are acmrr, anil,"),
+    (["seed=[1"], "seed=[1 cannot be read as an override"),
     (["trainer.steps=abc"], "trainer.steps='abc' is not valid"),
     (["trainer.steps=-5"], "trainer.steps=-5 is not valid"),
     (["seed=abc"], "seed='abc' is not valid"),
@@ -415,6 +419,7 @@ TRAIN_CASES = [
 ]
 EVAL_CASES = [
     ([], "needs a checkpoint"),
+    (["checkpoint={run}/checkpoints/last.pt", "eval.out=x.json"], "eval.out is not a setting of metaexp eval"),
     (["checkpoint={run}/checkpoints/last.pt", "eval.meta_batch=0"], "eval.meta_batch=0 is not valid"),
     (["checkpoint={run}/checkpoints/last.pt", "eval.split=bogus"], "eval.split='bogus' is not valid"),
     (["checkpoint={run}/checkpoints/last.pt", "eval.episodes=-1"], "eval.episodes=-1 is not valid"),
