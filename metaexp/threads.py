@@ -5,9 +5,10 @@ Two runs on one machine that each start as many OpenMP threads as it has cores s
 one thread than on two. So `auto` gives a small model one thread and a larger one its share of the cores this
 process may use (affinity and cgroup quota) among the metaexp runs on the machine; each run registers itself
 under `<cache>/running/` while it trains, and takes its share again every second, so a run started beside an
-earlier one makes both step down. A run that starts while another is registered also gets
-OMP_WAIT_POLICY=PASSIVE from `python -m metaexp` (unless set): its threads sleep instead of spinning. A run
-alone keeps OpenMP's default policy, which is faster (51 against 42 tasks/s for MAML Conv-4 on 2 cores).
+earlier one makes both step down; a stopped run (Ctrl-Z) does not count while it is stopped. A run that starts
+while another is registered also gets OMP_WAIT_POLICY=PASSIVE from `python -m metaexp` (unless set): its threads
+sleep instead of spinning. A run alone keeps OpenMP's default policy, which is faster (51 against 42 tasks/s for
+MAML Conv-4 on 2 cores).
 The count can change during a run, and with it the rounding of a reduction: `trainer.threads=N` makes a run's
 numbers independent of what else runs.
 """
@@ -59,17 +60,28 @@ def running_dir() -> Path:
 
 
 def runs_here(folder: Path) -> int:
-    """How many processes hold a registration lock in `folder` (stale files of dead processes are removed)."""
+    """How many processes hold a registration lock in `folder` and are not stopped (stale files of dead processes
+    are removed)."""
     live = 0
     for path in folder.glob("*.lock"):
         with contextlib.suppress(OSError), open(path, "a") as file:
             try:
                 fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                live += 1
+                live += not stopped(path)
                 continue
             path.unlink(missing_ok=True)  # nobody holds it: its process is gone
     return live
+
+
+def stopped(lock: Path) -> bool:
+    """Whether the run that holds `lock` (named `<pid>-...`) is stopped, by Ctrl-Z or SIGSTOP: it takes no core
+    while it waits, so a run started meanwhile need not share with it (and shares again at its next rebalance
+    once the run goes on)."""
+    with contextlib.suppress(OSError, IndexError):
+        stat = Path(f"/proc/{lock.stem.split('-')[0]}/stat").read_text()
+        return stat.rpartition(")")[2].split()[0] in ("T", "t")  # after the command name, which may hold spaces
+    return False
 
 
 class Threads:

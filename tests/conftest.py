@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -61,6 +62,16 @@ def run_inline(*args, cwd, env=None):
             else:
                 os.environ[key] = value
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def wait_until(condition, seconds: float) -> bool:
+    """Poll `condition()` until it holds (True) or `seconds` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def make_layout(root: Path, drawings=4) -> Path:

@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from conftest import OMNIGLOT_LAKE, TINY, make_layout, metrics, run_inline
+from conftest import OMNIGLOT_LAKE, TINY, make_layout, metrics, run_inline, wait_until
 from metaexp.rundir import RunDirError
 
 
@@ -51,14 +51,10 @@ def lines(run) -> int:
 
 def wait_for_rows(run, count=1, timeout=120, proc=None) -> bool:
     """True once the run's metrics.jsonl has `count` lines; False if `proc` (where given) exits first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if lines(run) >= count:
-            return True
-        if proc is not None and proc.poll() is not None:
-            return False
-        time.sleep(0.01)
-    raise AssertionError(f"{run} wrote no metrics in {timeout} s")
+    exited = lambda: proc is not None and proc.poll() is not None  # noqa: E731
+    if not wait_until(lambda: lines(run) >= count or exited(), timeout):
+        raise AssertionError(f"{run} wrote no metrics in {timeout} s")
+    return lines(run) >= count
 
 
 def rows(run):
@@ -244,9 +240,7 @@ def test_divergence_before_any_checkpoint_does_not_promise_one(tmp_path):
 @pytest.mark.slow
 def test_one_sigint_stops_a_sweep_and_its_resume_command_finishes_it_cleanly(tmp_path):
     proc = start("train", "-m", "seed=0,1,2", *LONG, cwd=tmp_path)
-    deadline = time.time() + 120
-    while not list((tmp_path / "outputs" / "multirun").glob("*/*/0/metrics.jsonl")) and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: list((tmp_path / "outputs" / "multirun").glob("*/*/0/metrics.jsonl")), 120)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, output[-3000:]
@@ -645,10 +639,7 @@ def training_child(run):
 
 
 def wait_until_gone(run, timeout=60):
-    deadline = time.time() + timeout
-    while training_child(run) is not None:
-        assert time.time() < deadline, f"the training child of {run} outlived its parent"
-        time.sleep(0.1)
+    assert wait_until(lambda: training_child(run) is None, timeout), f"the training child of {run} outlived its parent"
 
 
 @pytest.mark.parametrize(

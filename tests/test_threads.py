@@ -3,12 +3,14 @@ functions, no timing), the registration that lets two runs see each other, and a
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 import torch
 
+from conftest import wait_until
 from metaexp.threads import SMALL_MODEL, Threads, cgroup_quota, choose, runs_here
 
 
@@ -60,6 +62,23 @@ def test_registered_runs_are_counted_and_stale_registrations_removed(tmp_path):
         assert runs_here(tmp_path) == 1, "this run's registration is gone once it ends"
     finally:
         other.close()
+
+
+def test_a_stopped_run_is_not_counted_until_it_goes_on(tmp_path):
+    holder = "import fcntl, os, sys, time\n" + (
+        "f = open(os.path.join(sys.argv[1], f'{os.getpid()}-run.lock'), 'a')\n"
+        "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nprint('ready', flush=True)\ntime.sleep(120)\n"
+    )
+    run = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout.readline().strip() == "ready" and runs_here(tmp_path) == 1
+        run.send_signal(signal.SIGSTOP)
+        assert wait_until(lambda: runs_here(tmp_path) == 0, 10), "a stopped run takes no core"
+        run.send_signal(signal.SIGCONT)
+        assert wait_until(lambda: runs_here(tmp_path) == 1, 10), "counted again once it goes on"
+    finally:
+        run.kill()
+        run.wait()
 
 
 def test_a_second_run_makes_the_first_step_down_at_its_next_rebalance(tmp_path, monkeypatch):
