@@ -370,6 +370,7 @@ TRAIN_CASES = [
     (["trainer.stpes=10"], "trainer.stpes is not a setting of metaexp train; check its spelling"),
     (["algorithm=nope"], "algorithm has no option 'nope'; its options are acmrr, anil,"),
     (["seed=[1"], "seed=[1 cannot be read as an override"),
+    (["~trainer.stepsx"], "refused: Could not delete from config. 'trainer.stepsx' does not exist."),
     (["trainer.steps=abc"], "trainer.steps='abc' is not valid"),
     (["trainer.steps=-5"], "trainer.steps=-5 is not valid"),
     (["seed=abc"], "seed='abc' is not valid"),
