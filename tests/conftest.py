@@ -64,13 +64,13 @@ def run_inline(*args, cwd, env=None):
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
-def wait_until(condition, seconds: float) -> bool:
-    """Poll `condition()` until it holds (True) or `seconds` pass (False)."""
+def wait_until(condition, seconds: float, every: float = 0.01) -> bool:
+    """Poll `condition()` every `every` seconds until it holds (True) or `seconds` pass (False)."""
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.01)
+        time.sleep(every)
     return True
 
 

@@ -51,8 +51,7 @@ def lines(run) -> int:
 
 def wait_for_rows(run, count=1, timeout=120, proc=None) -> bool:
     """True once the run's metrics.jsonl has `count` lines; False if `proc` (where given) exits first."""
-    exited = lambda: proc is not None and proc.poll() is not None  # noqa: E731
-    if not wait_until(lambda: lines(run) >= count or exited(), timeout):
+    if not wait_until(lambda: lines(run) >= count or (proc is not None and proc.poll() is not None), timeout):
         raise AssertionError(f"{run} wrote no metrics in {timeout} s")
     return lines(run) >= count
 
@@ -240,7 +239,7 @@ def test_divergence_before_any_checkpoint_does_not_promise_one(tmp_path):
 @pytest.mark.slow
 def test_one_sigint_stops_a_sweep_and_its_resume_command_finishes_it_cleanly(tmp_path):
     proc = start("train", "-m", "seed=0,1,2", *LONG, cwd=tmp_path)
-    wait_until(lambda: list((tmp_path / "outputs" / "multirun").glob("*/*/0/metrics.jsonl")), 120)
+    wait_until(lambda: list((tmp_path / "outputs" / "multirun").glob("*/*/0/metrics.jsonl")), 120, every=0.05)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, output[-3000:]
@@ -640,7 +639,8 @@ def training_child(run):
 
 
 def wait_until_gone(run, timeout=60):
-    assert wait_until(lambda: training_child(run) is None, timeout), f"the training child of {run} outlived its parent"
+    gone = wait_until(lambda: training_child(run) is None, timeout, every=0.1)  # each check reads all of /proc
+    assert gone, f"the training child of {run} outlived its parent"
 
 
 @pytest.mark.parametrize(
