@@ -1,7 +1,8 @@
 """Meta Networks meta-training speed: the vectorised `metanet` against the loop reference of tests/test_metanet.py
 (Python loops over support chunks, support examples and queries), one forward + backward per meta-batch, random
 Omniglot-shaped tasks with 10 queries per class, float32, metaexp's tasks vmapped in the chunks training uses on
-this device (`trainer.task_chunk=auto`); both take each chunk's (each task's) backward before the next, as the
+this device (`trainer.task_chunk=auto`), its generators compiled from coordinatewise.c where a C compiler is (the
+header line says which ran); both take each chunk's (each task's) backward before the next, as the
 training step does, and both run under the allocator setting of the `metaexp` command (glibc keeps freed memory
 for reuse; `--glibc-defaults` leaves glibc as it is, where the loop pays a page fault per fresh page). Prints
 tasks/s for each setting. `--device cuda` (the GPU call's) runs both on the card and adds the whole training step
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_metanet import reference_task_loss  # noqa: E402
 
 from metaexp.__main__ import keep_freed_memory  # noqa: E402
+from metaexp.algorithms.coordinatewise import native  # noqa: E402
 from metaexp.algorithms.metanet import MetaNet  # noqa: E402
 from metaexp.backbones.metanet_conv import MetaNetConv  # noqa: E402
 from metaexp.engine import MetaStep, task_chunk_size  # noqa: E402
@@ -61,9 +63,11 @@ def main() -> None:
     torch.manual_seed(0)
     allocator = "glibc defaults" if args.glibc_defaults else "freed memory kept, as the metaexp command"
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
+    compiled = device.type == "cpu" and native(torch.float32) is not None
+    generators = "coordinatewise.c, compiled" if compiled else "torch ops"
     print(
         f"device: {device.type} ({card}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"allocator: {allocator}"
+        f"allocator: {allocator}, metaexp's generators: {generators}"
     )
     graph_column = f"{'cuda_graph step/s':>19}" if device.type == "cuda" else ""
     print(f"{'setting':<26}{'loop tasks/s':>14}{'metaexp tasks/s':>17}{'ratio':>8}{graph_column}")

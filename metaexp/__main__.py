@@ -6,6 +6,8 @@ import os
 import signal
 import sys
 
+from metaexp.files import user_cache
+
 
 def share_cores_politely() -> None:
     """Beside another metaexp run, OpenMP threads that wait for work sleep instead of spinning, so the two do
@@ -37,10 +39,7 @@ def keep_freed_memory() -> None:
 share_cores_politely()
 keep_freed_memory()
 # torch.compile's caches where they outlive a reboot (torch's default is under /tmp): a machine compiles once.
-os.environ.setdefault(
-    "TORCHINDUCTOR_CACHE_DIR",
-    os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "metaexp", "inductor"),
-)
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache() / "inductor"))
 
 
 def interrupted_outside_training(signum, frame):

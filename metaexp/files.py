@@ -8,6 +8,11 @@ from pathlib import Path
 from metaexp.errors import MetaexpError
 
 
+def user_cache() -> Path:
+    """metaexp's folder in the user's cache (XDG_CACHE_HOME or ~/.cache): what a machine computes once and keeps."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "metaexp"
+
+
 @contextlib.contextmanager
 def replacing(path: Path, mode: str = "wb"):
     """A uniquely named temporary file beside `path`, renamed over it when the block succeeds and removed when

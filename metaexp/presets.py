@@ -4,11 +4,10 @@ setting, its full schedule, which records run it as published, and how long it i
 import contextlib
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from metaexp.errors import MetaexpError
-from metaexp.files import replacing
+from metaexp.files import replacing, user_cache
 from metaexp.records import Record
 from metaexp.version import __version__
 
@@ -26,8 +25,7 @@ def preset_tables() -> tuple:
     digest = hashlib.sha256(f"{__version__} tables/3".encode())  # tables/3: with the steps
     for path in sorted(conf.rglob("*.yaml")):
         digest.update(f"{path.relative_to(conf)}\0".encode() + path.read_bytes() + b"\0")
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "metaexp"
-    cached = cache / f"presets-{digest.hexdigest()[:20]}.json"
+    cached = user_cache() / f"presets-{digest.hexdigest()[:20]}.json"
     try:
         kept = json.loads(cached.read_text())
         return kept["tables"], {preset: tuple(schedule) for preset, schedule in kept["tasks"].items()}

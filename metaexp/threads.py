@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from metaexp.files import user_cache
+
 # Torch is imported where it is used: `python -m metaexp` asks `runs_here` before torch loads its OpenMP library.
 # Below this many meta-parameters a step is a few milliseconds on a CPU: a second thread costs more than it gives.
 SMALL_MODEL = 50_000
@@ -56,7 +58,7 @@ def choose(cores: float, runs: int, parameters: int) -> int:
 
 
 def running_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "metaexp" / "running"
+    return user_cache() / "running"
 
 
 def runs_here(folder: Path) -> int:

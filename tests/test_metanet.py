@@ -6,8 +6,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
+from metaexp.algorithms import coordinatewise
+from metaexp.algorithms.coordinatewise import CoordinateLSTM, CoordinateMLP
 from metaexp.algorithms.metanet import MetaNet, gradient_features
 from metaexp.backbones.metanet_conv import MetaNetConv
 from metaexp.errors import MetaexpError
@@ -131,9 +133,20 @@ def assert_equal_to_the_reference(algorithm, seed, **reference):
             assert (torch.cat(a) - torch.cat(b)).norm() <= 1e-6 * torch.cat(b).norm(), group
 
 
+@pytest.fixture(params=["compiled", "torch ops"])
+def generators_run_as(request, monkeypatch):
+    """Each generator test twice: with coordinatewise.c's compiled loops (what a CPU with a C compiler runs) and
+    with the blocked torch ops (what an accelerator, or a machine without a compiler, runs)."""
+    if request.param == "torch ops":
+        monkeypatch.setattr(coordinatewise, "compiled", lambda x: None)
+    elif coordinatewise.native(torch.float64) is None:
+        pytest.skip("no C compiler (cc) builds metaexp/algorithms/coordinatewise.c on this machine")
+    return request.param
+
+
 @pytest.mark.parametrize("init", ["lecun", "torch"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_vectorised_metanet_equals_the_loop_reference_in_float64(seed, init):
+def test_vectorised_metanet_equals_the_loop_reference_in_float64(seed, init, generators_run_as):
     torch.manual_seed(seed)
     assert_equal_to_the_reference(MetaNet(MetaNetConv(WAYS, hidden=HIDDEN), CLASSIFICATION, init=init), seed)
 
@@ -153,20 +166,17 @@ def test_ablations_equal_the_loop_reference_changed_the_same_way(setting, refere
         assert_equal_to_the_reference(MetaNet(MetaNetConv(WAYS, hidden=HIDDEN), CLASSIFICATION), 0, **reference)
 
 
-def test_coordinate_generators_equal_torchs_lstm_and_mlp_per_task_in_float64(monkeypatch):
-    """The blocked generators with their hand-written backward against nn.LSTM and nn.Sequential under autograd,
-    vmapped over 3 tasks (the tasks' coordinates stacked into one call) and over 3 draws of the generators' own
-    weights (one call per draw), in blocks of 7 coordinates (the last one short); inputs' gradients included."""
-    from torch.func import vmap
-
-    from metaexp.algorithms import coordinatewise
-
+def test_coordinate_generators_equal_torchs_lstm_and_mlp_per_task_in_float64(monkeypatch, generators_run_as):
+    """The generators with their hand-written backward against nn.LSTM and nn.Sequential under autograd, vmapped
+    over 3 tasks (the tasks' coordinates stacked into one call) and over 3 draws of the generators' own weights
+    (one call per draw); inputs' gradients included. 3 x 100 coordinates: the blocked ops in blocks of 7 (the
+    last one short), the compiled loops in tiles of 128 (the last one short)."""
     monkeypatch.setattr(coordinatewise, "BLOCK", 7)
     torch.manual_seed(0)
     algorithm = MetaNet(MetaNetConv(WAYS, hidden=HIDDEN), CLASSIFICATION)
     draws = [{k: v.double() for k, v in algorithm.init_params().items()} for _ in range(3)]
-    inputs = {"lstm": gradient_features(torch.randn(3, 5, 30, dtype=torch.float64) * 1e-3 * torch.rand(3, 1, 30)),
-              "mlp": torch.rand(3, 30, 2, dtype=torch.float64) * 2 - 1}  # fmt: skip
+    inputs = {"lstm": gradient_features(torch.randn(3, 5, 100, dtype=torch.float64) * 1e-3 * torch.rand(3, 1, 100)),
+              "mlp": torch.rand(3, 100, 2, dtype=torch.float64) * 2 - 1}  # fmt: skip
 
     def run(generate, name, tasks, params: dict, per_draw: bool):
         """(outputs, the inputs' gradient, each weight's gradient) of a weighted sum of the outputs."""
@@ -194,6 +204,60 @@ def test_coordinate_generators_equal_torchs_lstm_and_mlp_per_task_in_float64(mon
             a, b = (run(generate, name, inputs[name], params, per_draw) for generate in (ours, theirs))
             for x, y in zip(a, b, strict=True):
                 assert (x - y).abs().max() <= 1e-12 * (1 + y.abs().max()), name
+
+
+def test_compiled_generators_are_as_accurate_as_the_blocked_ops_in_float32(monkeypatch):
+    """What training runs on a CPU (float32, coordinatewise.c built with -ffast-math) and the blocked torch ops in
+    float32, both against the blocked ops in float64: 5 chunks x 3,000 coordinates and 10,000 MLP rows, at the
+    features' scale and at 50 times the weights' (saturated gates, where a fast exp could overflow into NaN, and
+    a badly conditioned sum). Outputs and every gradient finite and within a bound relative to their scale: 1e-5
+    at the features' scale (both paths' errors are under 1e-6 of it), 2e-3 at 50 times (both under 5e-4)."""
+    if coordinatewise.native(torch.float32) is None:
+        pytest.skip("no C compiler (cc) builds metaexp/algorithms/coordinatewise.c on this machine")
+    torch.manual_seed(0)
+    params = MetaNet(MetaNetConv(WAYS, hidden=HIDDEN), CLASSIFICATION).init_params()
+    lstm = [params[f"meta.lstm.conv.{k}"] for k in ("w_ih", "w_hh", "b", "w_out", "b_out")]
+    mlp = [params[f"meta.mlp.conv.{kind}{i}"] for i in range(3) for kind in ("w", "b")]
+    sequence, rows = gradient_features(torch.randn(5, 3000) * 1e-3), torch.rand(10_000, 2) * 2 - 1
+
+    def run(generator, inputs, weights, dtype):
+        leaves = [x.to(dtype, copy=True).requires_grad_() for x in (inputs, *weights)]
+        output = generator.apply(*leaves)
+        (output * torch.linspace(-1, 2, len(output), dtype=dtype)).sum().backward()
+        return [output.detach().double(), *(leaf.grad.double() for leaf in leaves)]
+
+    for scale, tolerance in ((1.0, 1e-5), (50.0, 2e-3)):
+        for generator, inputs, weights in ((CoordinateLSTM, sequence, lstm), (CoordinateMLP, rows, mlp)):
+            weights = [w * scale for w in weights]
+            ours = run(generator, inputs, weights, torch.float32)
+            monkeypatch.setattr(coordinatewise, "compiled", lambda x: None)
+            theirs, exact = (run(generator, inputs, weights, dtype) for dtype in (torch.float32, torch.float64))
+            monkeypatch.undo()
+            for results in (ours, theirs):
+                for result, truth in zip(results, exact, strict=True):
+                    assert torch.isfinite(result).all(), (generator.__name__, scale)
+                    bound = tolerance * (1 + truth.abs().max())
+                    assert (result - truth).abs().max() <= bound, (generator.__name__, scale)
+
+
+def test_a_failed_build_falls_back_to_the_torch_ops_with_one_warning(monkeypatch, tmp_path, caplog):
+    """A machine whose compiler cannot build coordinatewise.c (here CC=false) trains with the blocked ops; the
+    log says why once, and nothing half-built is left in the cache."""
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    coordinatewise.native.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger=coordinatewise.__name__):
+            assert coordinatewise.native(torch.float32) is None
+            assert coordinatewise.native(torch.float32) is None
+        assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+            "MetaNet's generators run as torch ops (slower)"
+        ]
+        assert list((tmp_path / "metaexp" / "kernels").iterdir()) == []
+        torch.manual_seed(0)
+        assert_equal_to_the_reference(MetaNet(MetaNetConv(WAYS, hidden=HIDDEN), CLASSIFICATION), 0)
+    finally:
+        coordinatewise.native.cache_clear()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

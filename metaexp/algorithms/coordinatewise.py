@@ -10,11 +10,28 @@ nothing per coordinate is kept between the two passes; what is left is the matri
 are `torch.autograd.Function`s (`Coordinatewise`) whose vmap rule stacks the tasks' coordinates, so under the
 vmap over tasks they run once on plain matrices; tests/test_metanet.py checks them against autograd on the
 plain ops in float64.
+
+On a CPU with a C compiler both run as the fused loops of coordinatewise.c instead, compiled on first use into the
+user's cache: a coordinate's states stay in registers through all of its steps, a few times faster again than
+the blocked ops (benchmarks/bench_metanet.py prints which ran). The blocked ops remain what accelerators and
+machines without a compiler run; tests/test_metanet.py holds both to autograd.
 """
 
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
 from collections import deque
+from pathlib import Path
 
 import torch
+
+from metaexp.files import user_cache
 
 HIDDEN = 20
 # Coordinates per block: small enough that a block's states stay near the core, large enough that each of the
@@ -54,6 +71,81 @@ class Coordinatewise(torch.autograd.Function):
             return cls.apply(inputs, *weights), None
         stacked = inputs.movedim(in_dims[0], cls.coordinates).flatten(cls.coordinates, cls.coordinates + 1)
         return cls.apply(stacked, *weights).view(info.batch_size, -1), 0
+
+
+SOURCE = Path(__file__).with_suffix(".c")
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
+REALS = {torch.float32: ("float", ctypes.c_float), torch.float64: ("double", ctypes.c_double)}
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def native(dtype: torch.dtype):
+    """coordinatewise.c built for `dtype` and loaded, or None where it cannot be (no compiler, another dtype):
+    the blocked torch ops run then, after one warning. Built once per machine, into the user's cache: the
+    library's name hashes the source, the compiler command and the CPU it was built for."""
+    compiler = os.environ.get("CC") or shutil.which("cc")
+    if dtype not in REALS or compiler is None:
+        return None
+    real, scalar = REALS[dtype]
+    command = [compiler, *FLAGS, f"-Dreal={real}", str(SOURCE), "-lm"]
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(command[:-2]).encode() + cpu_signature())
+    library = user_cache() / "kernels" / f"coordinatewise-{real}-{digest.hexdigest()[:16]}.so"
+    try:
+        if not library.exists():
+            build(command, library)
+        kernels = ctypes.CDLL(str(library))
+    except (OSError, subprocess.CalledProcessError) as error:
+        reason = error
+        if isinstance(error, subprocess.CalledProcessError):
+            reason = error.stderr.strip() or f"{error.cmd[0]} exited with status {error.returncode}"
+        log.warning("MetaNet's generators run as torch ops (slower): building %s failed: %s", SOURCE.name, reason)
+        return None
+    pointer, size, count = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    kernels.lstm_forward.argtypes = [size, count, *[pointer] * 3, scalar, pointer, count]
+    kernels.lstm_backward.argtypes = [size, count, *[pointer] * 6, count]
+    kernels.mlp_forward.argtypes = [size, *[pointer] * 6, scalar, pointer, count]
+    kernels.mlp_backward.argtypes = [size, *[pointer] * 9, count]
+    return kernels
+
+
+def build(command: list, library: Path) -> None:
+    """`command -o library`, written beside it under a unique name and renamed, so that two processes building
+    at once both end with a whole library."""
+    library.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=library.parent, suffix=".so")
+    os.close(fd)
+    try:
+        subprocess.run([*command, "-o", partial], capture_output=True, text=True, check=True)
+        os.replace(partial, library)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+
+
+def cpu_signature() -> bytes:
+    """What -march=native compiled for: the CPU's model and flags (Linux), else the platform's name."""
+    try:
+        lines = Path("/proc/cpuinfo").read_bytes().split(b"\n\n")[0].splitlines()  # the first core's
+    except OSError:
+        return platform.processor().encode()
+    return b"".join(line for line in lines if line.startswith((b"model name", b"flags")))
+
+
+def compiled(x: torch.Tensor):
+    """The compiled kernels for `x`'s dtype where `x` lives on the CPU."""
+    return native(x.dtype) if x.device.type == "cpu" else None
+
+
+def run(kernel, *args, threads: int | None = None) -> None:
+    """A compiled kernel on `args` (tensors contiguous, as the C code reads them) and `threads` (torch's count
+    unless given; a backward gives its rows of partial gradients, which the count may not exceed): tensors go by
+    address, None as NULL, numbers as they are."""
+    kernel(*(x.data_ptr() if isinstance(x, torch.Tensor) else x for x in args), threads or torch.get_num_threads())
+
+
+def packed(sequence, w_ih, w_hh, b) -> tuple:
+    """The compiled LSTM's inputs: `sequence` `[T, P, 2]` as `[T, 2, P]`, and (W_hh, W_ih, b) as one `[80, 23]`."""
+    return sequence.transpose(1, 2).contiguous(), torch.cat([w_hh, w_ih, b[:, None]], 1)
 
 
 def g_last(rows):
@@ -111,6 +203,10 @@ class CoordinateLSTM(Coordinatewise):
 
     @staticmethod
     def forward(sequence, w_ih, w_hh, b, w_out, b_out):
+        if kernels := compiled(sequence):
+            (x, weights), y = packed(sequence, w_ih, w_hh, b), sequence.new_empty(sequence.shape[1])
+            run(kernels.lstm_forward, len(y), len(x), x, weights, w_out.contiguous(), b_out.item(), y)
+            return y
         rows, weights = lstm_inputs(sequence, w_ih, w_hh, b)
         outputs = []
         for (block,) in blocks((rows, 2)):
@@ -121,6 +217,16 @@ class CoordinateLSTM(Coordinatewise):
     @staticmethod
     def backward(ctx, grad_output):
         sequence, w_ih, w_hh, b, w_out, b_out = ctx.saved_tensors
+        grad_b_out = grad_output.sum(0, keepdim=True)
+        if kernels := compiled(sequence):
+            x, weights = packed(sequence, w_ih, w_hh, b)
+            partial = x.new_zeros(torch.get_num_threads(), weights.numel() + HIDDEN)
+            grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+            gradients = (w_out.contiguous(), grad_output.contiguous(), partial, grad_x)
+            run(kernels.lstm_backward, x.shape[-1], len(x), x, weights, *gradients, threads=len(partial))
+            grad_w, grad_w_out = partial.sum(0).split([weights.numel(), HIDDEN])
+            grad_w, grad_sequence = grad_w.view_as(weights), None if grad_x is None else grad_x.transpose(1, 2)
+            return grad_sequence, grad_w[:, HIDDEN:-1], grad_w[:, :HIDDEN], grad_w[:, -1], grad_w_out[None], grad_b_out
         rows, weights = lstm_inputs(sequence, w_ih, w_hh, b)
         grad_weights, grad_out, grad_rows = [], [], []
         for block, grad in blocks((rows, 2), (grad_output, 0)):
@@ -145,7 +251,6 @@ class CoordinateLSTM(Coordinatewise):
                 grad_rows.append(torch.stack(grad_x[::-1]))
         grad_w = g_last(sum(grad_weights))  # (W_hh, W_ih, b) columns, torch's gate order
         grad_sequence = torch.cat(grad_rows, 2).transpose(1, 2) if grad_rows else None
-        grad_b_out = grad_output.sum(0, keepdim=True)
         return grad_sequence, grad_w[:, HIDDEN:-1], grad_w[:, :HIDDEN], grad_w[:, -1], sum(grad_out), grad_b_out
 
 
@@ -174,12 +279,25 @@ class CoordinateMLP(Coordinatewise):
 
     @staticmethod
     def forward(features, *weights):
+        if kernels := compiled(features):
+            *layers, b2 = (w.contiguous() for w in weights)
+            y = features.new_empty(len(features))
+            run(kernels.mlp_forward, len(y), features.contiguous(), *layers, b2.item(), y)
+            return y
         layers = mlp_layers(*weights)
         return torch.cat([(layers[2] @ mlp_states(x, layers)[2])[0] for (x,) in blocks((features.T.contiguous(), 1))])
 
     @staticmethod
     def backward(ctx, grad_output):
         features, w0, _, w1, _, w2, _ = weights = ctx.saved_tensors
+        if kernels := compiled(features):
+            layers = [w.contiguous() for w in weights[1:-1]]  # w0, b0, w1, b1, w2
+            partial = features.new_zeros(torch.get_num_threads(), sum(w.numel() for w in layers))
+            grad_x = features.new_empty(features.shape) if ctx.needs_input_grad[0] else None
+            run(kernels.mlp_backward, len(features), features.contiguous(), *layers, grad_output.contiguous(),
+                partial, grad_x, threads=len(partial))  # fmt: skip
+            grads = partial.sum(0).split([w.numel() for w in layers])
+            return grad_x, *(g.view_as(w) for g, w in zip(grads, layers)), grad_output.sum(0, keepdim=True)
         terms, grad_features, layers = [], [], mlp_layers(*weights[1:])
         for x, grad in blocks((features.T.contiguous(), 1), (grad_output, 0)):
             z0, z1, z2 = mlp_states(x, layers)
