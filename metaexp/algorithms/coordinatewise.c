@@ -57,7 +57,7 @@ static void lstm_tile(int T, const vec *xs, const real *W, vec *h, vec *saved) {
             const real *w = W + j * K;
             vec acc[NV];
             UNROLL for (int q = 0; q < NV; q++) acc[q] = w[H + 2] + w[H] * x0[q] + w[H + 1] * x1[q];
-            for (int k = 0; k < H; k++)
+            for (int k = 0; k < (t ? H : 0); k++) /* h = 0 at the first step */
                 UNROLL for (int q = 0; q < NV; q++) acc[q] += w[k] * h[k * NV + q];
             memcpy(pre[j], acc, sizeof acc);
         }
@@ -146,11 +146,13 @@ void lstm_backward(long n, int T, const real *x, const real *W, const real *w_ou
                 memcpy(z, s, sizeof(vec) * H * NV); /* (h_prev, x, 1): what W multiplied */
                 memcpy(z[H], x0, sizeof(vec) * 2 * NV);
                 for (int j = 0; j < G; j++) {
-                    outer(dpre[j], z[0], acc + j * K, 8);
-                    outer(dpre[j], z[8], acc + j * K + 8, 8);
+                    if (t) { /* h_prev = 0 at the first step */
+                        outer(dpre[j], z[0], acc + j * K, 8);
+                        outer(dpre[j], z[8], acc + j * K + 8, 8);
+                    }
                     outer(dpre[j], z[16], acc + j * K + 16, K - 16);
                 }
-                for (int k = 0; k < (gx ? H + 2 : H); k++) { /* d h_prev, and d x where asked */
+                for (int k = t ? 0 : H; k < (gx ? H + 2 : H); k++) { /* d h_prev (none at the first step), d x */
                     vec sum[NV] = {{0}};
                     for (int j = 0; j < G; j++)
                         UNROLL for (int q = 0; q < NV; q++) sum[q] += W[j * K + k] * dpre[j][q];
