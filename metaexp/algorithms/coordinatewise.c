@@ -36,8 +36,8 @@ static void add_lanes(const vec *acc, int count, real *out) {
         for (int v = 0; v < V; v++) out[i] += acc[i][v];
 }
 
-/* acc[k] += the lanes of d * z[k] summed over the tile, for `count` <= 8 rows of `z` (row stride NV): the
- * accumulators in registers. */
+/* acc[k] += d * z[k] summed over the tile's NV vectors (lane by lane), for `count` <= 8 rows of `z` (row stride
+ * NV): the sums in registers. */
 static inline __attribute__((always_inline)) void outer(const vec *d, const vec *z, vec *acc, const int count) {
     vec sum[8] = {{0}};
     for (int q = 0; q < NV; q++)
