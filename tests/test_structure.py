@@ -9,8 +9,8 @@ LONGEST = 60  # lines of a function, its docstring included
 
 # Lowest first. A module imports from its own layer or lower ones only; within a layer, without a circle.
 LAYERS = [
-    ["version", "errors", "logs", "objectives", "configs", "threads"],
-    ["files", "schema", "distributed", "trust", "rundir", "episodes", "machine", "records"],
+    ["version", "errors", "files", "logs", "objectives", "configs", "threads"],
+    ["schema", "distributed", "trust", "rundir", "episodes", "machine", "records"],
     ["checkpoint", "backbones", "datasets", "presets", "plots"],
     ["samplers"],
     ["rollouts", "control", "algorithms", "trpo"],
