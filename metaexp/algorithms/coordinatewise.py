@@ -85,7 +85,10 @@ def native(dtype: torch.dtype):
     the blocked torch ops run then, after one warning. Built once per machine, into the user's cache: the
     library's name hashes the source, the compiler command and the CPU it was built for."""
     compiler = os.environ.get("CC") or shutil.which("cc")
-    if dtype not in REALS or compiler is None:
+    if dtype not in REALS:
+        return None
+    if compiler is None:
+        log.warning("MetaNet's generators run as torch ops (slower): no C compiler (cc) on PATH; install gcc or set CC")
         return None
     real, scalar = REALS[dtype]
     command = [compiler, *FLAGS, f"-Dreal={real}", str(SOURCE), "-lm"]
