@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_metanet import reference_task_loss  # noqa: E402
 
 from metaexp.__main__ import keep_freed_memory  # noqa: E402
-from metaexp.algorithms.coordinatewise import native  # noqa: E402
+from metaexp.algorithms.coordinatewise import compiled  # noqa: E402
 from metaexp.algorithms.metanet import MetaNet  # noqa: E402
 from metaexp.backbones.metanet_conv import MetaNetConv  # noqa: E402
 from metaexp.engine import MetaStep, task_chunk_size  # noqa: E402
@@ -63,8 +63,7 @@ def main() -> None:
     torch.manual_seed(0)
     allocator = "glibc defaults" if args.glibc_defaults else "freed memory kept, as the metaexp command"
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
-    compiled = device.type == "cpu" and native(torch.float32) is not None
-    generators = "coordinatewise.c, compiled" if compiled else "torch ops"
+    generators = "coordinatewise.c, compiled" if compiled(torch.empty(0, device=device)) else "torch ops"
     print(
         f"device: {device.type} ({card}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
         f"allocator: {allocator}, metaexp's generators: {generators}"

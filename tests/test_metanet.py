@@ -17,6 +17,7 @@ from metaexp.objectives import CLASSIFICATION
 from metaexp.samplers import TaskBatch
 
 WAYS, QUERIES, TASKS, HIDDEN = 5, 2, 2, 8
+NO_COMPILER = "no C compiler (cc) builds metaexp/algorithms/coordinatewise.c on this machine"
 
 
 def tasks(seed=0):
@@ -140,7 +141,7 @@ def generators_run_as(request, monkeypatch):
     if request.param == "torch ops":
         monkeypatch.setattr(coordinatewise, "compiled", lambda x: None)
     elif coordinatewise.native(torch.float64) is None:
-        pytest.skip("no C compiler (cc) builds metaexp/algorithms/coordinatewise.c on this machine")
+        pytest.skip(NO_COMPILER)
     return request.param
 
 
@@ -213,7 +214,7 @@ def test_compiled_generators_are_as_accurate_as_the_blocked_ops_in_float32(monke
     a badly conditioned sum). Outputs and every gradient finite and within a bound relative to their scale: 1e-5
     at the features' scale (both paths' errors are under 1e-6 of it), 2e-3 at 50 times (both under 5e-4)."""
     if coordinatewise.native(torch.float32) is None:
-        pytest.skip("no C compiler (cc) builds metaexp/algorithms/coordinatewise.c on this machine")
+        pytest.skip(NO_COMPILER)
     torch.manual_seed(0)
     params = MetaNet(MetaNetConv(WAYS, hidden=HIDDEN), CLASSIFICATION).init_params()
     lstm = [params[f"meta.lstm.conv.{k}"] for k in ("w_ih", "w_hh", "b", "w_out", "b_out")]

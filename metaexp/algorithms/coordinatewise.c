@@ -30,6 +30,9 @@ static inline real sigm(real x) { return 1 / (1 + exp(x < -80 ? 80 : x > 80 ? -8
 
 static vec *vectors(size_t count) { return aligned_alloc(64, count * sizeof(vec)); }
 
+/* The coordinates of the tile from `start` that are below n: L, or fewer in the last tile. */
+static int tile_lanes(long n, long start) { return n - start < L ? (int)(n - start) : L; }
+
 /* The horizontal sums of `count` vector accumulators, added to `out`. */
 static void add_lanes(const vec *acc, int count, real *out) {
     for (int i = 0; i < count; i++)
@@ -79,7 +82,7 @@ static void lstm_tile(int T, const vec *xs, const real *W, vec *h, vec *saved) {
 
 /* The tile's inputs `xs [T][2][NV]` from `x [T, 2, n]`, lanes past n zero; returns the lanes in use. */
 static int lstm_gather(int T, long n, const real *x, long start, vec *xs) {
-    int lanes = n - start < L ? (int)(n - start) : L;
+    int lanes = tile_lanes(n, start);
     memset(xs, 0, sizeof(vec) * T * 2 * NV);
     for (int r = 0; r < 2 * T; r++) memcpy(LANES(xs + r * NV), x + r * n + start, sizeof(real) * lanes);
     return lanes;
@@ -186,7 +189,7 @@ static void where_positive(const real *a, real *d) {
  * a2 [H][NV]; returns the lanes in use (those past n are zero inputs). */
 static int mlp_tile(long n, const real *x, long start, const real *w0, const real *b0, const real *w1,
                     const real *b1, vec a0[2][NV], vec a1[H][NV], vec a2[H][NV]) {
-    int lanes = n - start < L ? (int)(n - start) : L;
+    int lanes = tile_lanes(n, start);
     real *x0 = LANES(a0[0]), *x1 = LANES(a0[1]);
     for (int l = 0; l < L; l++) {
         x0[l] = l < lanes ? x[2 * (start + l)] : 0;

@@ -81,9 +81,10 @@ log = logging.getLogger(__name__)
 
 @functools.cache
 def native(dtype: torch.dtype):
-    """coordinatewise.c built for `dtype` and loaded, or None where it cannot be (no compiler, another dtype):
-    the blocked torch ops run then, after one warning. Built once per machine, into the user's cache: the
-    library's name hashes the source, the compiler command and the CPU it was built for."""
+    """coordinatewise.c built for `dtype` and loaded, or None where it cannot be: the blocked torch ops run then,
+    for a dtype other than float32 and float64 silently, without a compiler or after a failed build after one
+    warning. Built once per machine, into the user's cache: the library's name hashes the source, the compiler
+    command and the CPU it was built for."""
     compiler = os.environ.get("CC") or shutil.which("cc")
     if dtype not in REALS:
         return None
